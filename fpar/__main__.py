@@ -1,0 +1,4 @@
+from fpar.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,293 @@
+"""The `fpar` command line: the only place that parses arguments.
+
+Every user error is an `FparError`, printed as one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import FparError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow.")  # fmt: skip
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check, synth, show.")
+app.add_typer(data_app, name="data")
+
+
+def _threads() -> None:
+    import torch
+
+    n = os.environ.get("FPAR_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# data
+
+
+@data_app.command("check")
+def data_check(
+    root: str = typer.Argument(..., help="dataset root"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    frames: int = typer.Option(7, "--frames", help="T to check video lengths against"),
+    flow_stack: int = typer.Option(5, "--flow-stack"),
+    train_subjects: str = typer.Option("S1,S3,S4", "--train"),
+    test_subjects: str = typer.Option("S2", "--test"),
+    frames_dir: str = typer.Option("processed_frames2", "--frames-dir"),
+    no_decode: bool = typer.Option(False, "--no-decode", help="check names only, do not open every image"),
+):
+    """Scan a dataset: videos per subject and split, classes, frame counts and every problem found."""
+    from .data.check import check_dataset, format_report
+
+    r = check_dataset(root, frames=frames, flow_stack=flow_stack, train=train_subjects.split(","),
+                      test=test_subjects.split(","), frames_dir=frames_dir, decode=not no_decode)  # fmt: skip
+    typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
+    if not r["usable"]:
+        raise FparError(f"{root} is not usable for training: it needs usable videos in both the train and test split")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: str = typer.Argument(..., help="output folder"),
+    preset: str = typer.Option("demo", "--preset", help="tiny | demo | full"),
+    seed: int = typer.Option(0, "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Write a synthetic egocentric dataset in the GTEA61 layout."""
+    from tqdm import tqdm
+
+    from .data.synth import synthesize
+
+    s = synthesize(out, preset=preset, seed=seed, overwrite=overwrite, progress=tqdm)
+    typer.echo(f"wrote {s['videos']} videos ({s['classes']} classes, {s['frames']} frames, {s['size']}) to {s['root']}")
+
+
+@data_app.command("show")
+def data_show(
+    root: str = typer.Argument(...),
+    video: str = typer.Argument(..., help="SUBJECT/CLASS/INSTANCE, e.g. S2/take_cup/1"),
+    out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: <video>.png here)"),
+    frames: int = typer.Option(5, "--frames"),
+    transformed: bool = typer.Option(False, "--transformed", help="after the test transform (what the model sees)"),
+    train: bool = typer.Option(False, "--train", help="with --transformed: a random training transform"),
+    input_size: int = typer.Option(224, "--input-size"),
+    scale_size: int = typer.Option(256, "--scale-size"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Figure 6: sampled frames of each modality side by side for one video."""
+    from .config import DataConfig
+    from .data.layout import discover
+    from .data.show import find_video, show_video
+
+    manifest = discover(root)
+    i = find_video(manifest, video)
+    out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
+    p = show_video(manifest, i, out, frames=frames, cfg=DataConfig(input_size=input_size, scale_size=scale_size),
+                   transformed=transformed, train=train, seed=seed)  # fmt: skip
+    typer.echo(f"wrote {p}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train / eval / config
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    config: Optional[str] = typer.Argument(None, help="YAML recipe, e.g. configs/ego_rnn_stage1.yaml"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted key=value overrides"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run folder"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Train one stage: `fpar train CONFIG key=value ...` or `fpar train --resume RUN_DIR`."""
+    from .config import load_config
+    from .engine.trainer import train as run_train
+
+    _threads()
+    if resume:
+        run = Path(resume)
+        if not (run / "config.yaml").is_file():
+            raise FparError(f"{run} is not a run folder (no config.yaml); give the folder `fpar train` wrote")
+        cfg = load_config(run / "config.yaml", overrides or [])
+    else:
+        if config and "=" in config:
+            overrides = [config, *(overrides or [])]
+            config = None
+        cfg = load_config(config, overrides or [])
+    s = run_train(cfg, resume=resume, progress=not quiet)
+    typer.echo(_summary_line(s))
+
+
+def _summary_line(s: dict) -> str:
+    line = (f"{s['name']}: best top-1 {s['best_top1']:.2f}% at epoch {s['best_epoch']} (final {s['final_top1']:.2f}%, "
+            f"top-5 {s['top5']:.2f}%, mean class {s['mean_class_acc']:.2f}%) on {s['videos']} videos, "
+            f"selected on {s['select_on']}; run folder {s['run']}")  # fmt: skip
+    if s.get("test_top1") is not None:
+        line += f"; test top-1 at the selected epoch {s['test_top1']:.2f}%"
+    return line
+
+
+@app.command("eval")
+def eval_cmd(
+    run: str = typer.Argument(..., help="run folder or checkpoint"),
+    data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the run's)"),
+    which: str = typer.Option("best", "--which", help="best | last"),
+    subjects: Optional[str] = typer.Option(None, "--subjects", help="comma-separated subjects (default: test split)"),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Evaluate a trained run on the test subjects (top-1, top-5, mean class accuracy)."""
+    from .config import from_dict
+    from .data.dataset import ClipDataset
+    from .data.layout import discover
+    from .engine.build import modalities
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import evaluate, make_loader, pick_device
+    from .engine.build import model_from_checkpoint
+
+    _threads()
+    ckpt = load_checkpoint(run, which)
+    cfg = from_dict(ckpt["config"], ckpt["path"])
+    if data:
+        cfg.data.root = data
+    manifest = discover(cfg.data.root, frames_dir=cfg.data.frames_dir)
+    if list(manifest.classes) != list(ckpt["classes"]):
+        raise FparError(f"{cfg.data.root} has {len(manifest.classes)} classes that differ from the "
+                        f"{len(ckpt['classes'])} this model was trained on")  # fmt: skip
+    subs = subjects.split(",") if subjects else cfg.data.test_subjects
+    ds = ClipDataset(manifest, manifest.select(subs), cfg.data, modalities=modalities(cfg), train=False)
+    device = pick_device(cfg.train.device)
+    model = model_from_checkpoint(ckpt).to(device)
+    m = evaluate(model, make_loader(ds, cfg, train=False), cfg, device, manifest.classes, progress=not json_out)
+    m.pop("confusion")
+    m = {"checkpoint": ckpt["path"], "epoch": ckpt.get("epoch"), "subjects": subs, **m}
+    if json_out:
+        typer.echo(json.dumps(m, indent=2))
+    else:
+        typer.echo(f"{ckpt['path']} (epoch {m['epoch']}) on {','.join(subs)}: top-1 {m['top1']:.2f}%  top-5 "
+                   f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%  verb {m['verb_acc']:.2f}%  noun "
+                   f"{m['noun_acc']:.2f}%  ({m['videos']} videos)")  # fmt: skip
+
+
+@app.command("config")
+def config_cmd(
+    config: Optional[str] = typer.Argument(None),
+    overrides: Optional[list[str]] = typer.Argument(None),
+    keys: bool = typer.Option(False, "--keys", help="list every valid key"),
+):
+    """Print the resolved config (defaults + file + overrides), or every valid key."""
+    from .config import dump, load_config, valid_keys
+
+    if keys:
+        typer.echo("\n".join(valid_keys()))
+        return
+    if config and "=" in config:
+        overrides, config = [config, *(overrides or [])], None
+    typer.echo(dump(load_config(config, overrides or [])), nl=False)
+
+
+@app.command("model-params")
+def model_params(
+    config: Optional[str] = typer.Argument(None),
+    overrides: Optional[list[str]] = typer.Argument(None),
+    num_classes: int = typer.Option(61, "--num-classes"),
+):
+    """List parameter names (for train.trainable patterns) and which the config trains."""
+    from .config import load_config
+    from .engine.build import build_model
+    from .engine.stages import apply_trainable
+
+    if config and "=" in config:
+        overrides, config = [config, *(overrides or [])], None
+    cfg = load_config(config, [*(overrides or []), "model.pretrained=none"])
+    model, _ = build_model(cfg, [f"c{i}_x" for i in range(num_classes)])
+    trainable = set(apply_trainable(model, cfg.train.trainable))
+    for n, p in model.named_parameters():
+        typer.echo(f"{'T' if n in trainable else ' '} {n} {tuple(p.shape)}")
+
+
+@app.command()
+def cam(
+    run: str = typer.Argument(..., help="run folder or checkpoint (Ego-RNN or two-stream)"),
+    video: str = typer.Argument(..., help="SUBJECT/CLASS/INSTANCE"),
+    out: Optional[str] = typer.Option(None, "--out", help="PNG path"),
+    data: Optional[str] = typer.Option(None, "--data"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="another run whose CAM is shown beside"),
+):
+    """CAM overlays for a video (Figures 10-11); for MS models also predicted and true motion maps."""
+    from . import load_run
+    from .experiments.cam import cam_figure
+
+    model, info = load_run(run)
+    other = load_run(compare)[0] if compare else None
+    out = out or f"cam_{video.strip('/').replace('/', '_').replace(',', '-')}.png"
+    typer.echo(f"wrote {cam_figure(model, info, video, out, data_root=data, compare=other)}")
+
+
+@app.command()
+def pretrain(
+    root: str = typer.Argument(..., help="dataset root"),
+    out: str = typer.Argument(..., help="output .pt (torchvision-format state dict)"),
+    arch: str = typer.Option("resnet18", "--arch"),
+    target: str = typer.Option("noun", "--target", help="noun | class"),
+    input_size: int = typer.Option(112, "--input-size"),
+    scale_size: int = typer.Option(128, "--scale-size"),
+    epochs: int = typer.Option(4, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Pre-train a backbone on single frames (when ImageNet weights cannot be had); use it as model.pretrained."""
+    from .engine.pretrain import pretrain_backbone
+
+    _threads()
+    r = pretrain_backbone(root, out, arch=arch, target=target, input_size=input_size, scale_size=scale_size,
+                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)  # fmt: skip
+    typer.echo(f"wrote {r['path']}: frame accuracy train {r['train_acc']:.1f}%, test {r['test_acc']:.1f}%")
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("fpar-demo", "--out", help="folder for the data and the runs"),
+    quick: bool = typer.Option(False, "--quick", help="a much shorter run (smoke test)"),
+):
+    """The main job on synthetic data: make data, pre-train a backbone, Ego-RNN stage 1 + 2, evaluate, CAMs."""
+    from .experiments.demo import run_demo
+
+    _threads()
+    run_demo(out, quick=quick, log=typer.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except FparError as e:
+        typer.echo(f"error: {e}", err=True)
+        return FparError.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted (run folders keep their last completed epoch; resume with --resume)", err=True)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Clip dataset and subject splits.
+
+Every random choice of a sample (crop, flip, flow-stack start, the discriminator's static frame) comes from a
+generator seeded by (run seed, epoch, video index), so a sample is the same whichever worker loads it and
+whether or not the run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import DataConfig
+from ..errors import FparError
+from .imageio import read_grey, read_mmap, read_rgb
+from .layout import Manifest
+from .sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
+from .transforms import draw_params, transform_flow, transform_mmaps, transform_rgb
+
+
+class ClipDataset(Dataset):
+    """Clips of the videos ``indices`` of a manifest.
+
+    Each item is a dict:
+        ``rgb``: (T, 3, S, S) float, ``flow``: (2L, S, S) float (or (K, 2L, S, S) for K test stacks),
+        ``mmaps``: (T, S, S) uint8 {0, 1}, ``label``: int, ``index``: int (video index in the manifest),
+        ``static_idx``: int in [0, T) (the frame a static clip repeats).
+    Only the requested ``modalities`` are loaded.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        indices: list[int],
+        cfg: DataConfig,
+        *,
+        modalities: tuple[str, ...] = ("rgb",),
+        train: bool = False,
+        seed: int = 0,
+    ):
+        self.manifest = manifest
+        self.cfg = cfg
+        self.modalities = tuple(modalities)
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.indices = [i for i in indices if self._has_modalities(manifest.videos[i])]
+        if not self.indices and indices:
+            raise FparError(
+                f"none of the {len(indices)} selected videos under {manifest.root} has all of {', '.join(modalities)}; "
+                "run `fpar data check` on it"
+            )
+
+    def _has_modalities(self, v) -> bool:
+        if "flow" in self.modalities and not v.num_flows:
+            return False
+        if "mmaps" in self.modalities and not v.mmaps:
+            return False
+        return v.usable
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def labels(self) -> list[int]:
+        return [self.manifest.videos[i].label for i in self.indices]
+
+    def __getitem__(self, i: int) -> dict:
+        vid = self.indices[i]
+        v = self.manifest.videos[vid]
+        cfg = self.cfg
+        rng = np.random.default_rng([self.seed, self.epoch, vid, int(self.train)])
+        p = draw_params(rng, train=self.train)
+        kw = dict(scale_size=cfg.scale_size, input_size=cfg.input_size)
+        item: dict = {"label": v.label, "index": vid}
+        frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
+        if "rgb" in self.modalities:
+            item["rgb"] = transform_rgb([read_rgb(v.rgb[k]) for k in frame_idx], p, **kw)
+        if "mmaps" in self.modalities:
+            item["mmaps"] = transform_mmaps([read_mmap(v.mmaps[k]) for k in frame_idx], p, **kw)
+        if "flow" in self.modalities:
+            m, L = v.num_flows, cfg.flow_stack
+            if self.train or cfg.flow_stacks_test <= 1:
+                starts = [flow_stack_start(m, L, train=self.train, rng=rng)]
+            else:
+                starts = flow_stack_starts(m, L, cfg.flow_stacks_test)
+            stacks = []
+            for s in starts:
+                idx = stack_indices(s, L, m)
+                fx = [read_grey(v.flow_x[k]) for k in idx]
+                fy = [read_grey(v.flow_y[k]) for k in idx]
+                stacks.append(transform_flow(fx, fy, p, **kw))
+            item["flow"] = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L,S,S) or (K,2L,S,S)
+        item["static_idx"] = int(rng.integers(cfg.frames))
+        return item
+
+
+@dataclass
+class Splits:
+    train: list[int]
+    select: list[int]  # the videos the best epoch is chosen on
+    test: list[int]
+    select_on: str  # "test" (the report's protocol: S2) or "val" (held out of the training subjects)
+
+    def describe(self, manifest: Manifest, cfg: DataConfig) -> str:
+        how = (
+            f"epochs selected on the test subjects {','.join(cfg.test_subjects)} (the report's protocol)"
+            if self.select_on == "test"
+            else f"epochs selected on a {cfg.val_fraction:.0%} validation split of {','.join(cfg.train_subjects)}"
+        )
+        return f"train {len(self.train)} videos, test {len(self.test)} videos; {how}"
+
+
+def make_splits(manifest: Manifest, cfg: DataConfig, *, seed: int = 0) -> Splits:
+    """Subject splits; with ``select_on: val`` a class-stratified validation split comes out of training."""
+    overlap = set(cfg.train_subjects) & set(cfg.test_subjects)
+    if overlap:
+        raise FparError(f"subject(s) {', '.join(sorted(overlap))} are in both data.train_subjects and test_subjects")
+    train = manifest.select(cfg.train_subjects)
+    test = manifest.select(cfg.test_subjects)
+    if cfg.select_on == "test":
+        return Splits(train, test, test, "test")
+    rng = np.random.default_rng(seed + 7919)
+    by_class: dict[int, list[int]] = {}
+    for i in train:
+        by_class.setdefault(manifest.videos[i].label, []).append(i)
+    val: list[int] = []
+    for items in by_class.values():
+        items = list(items)
+        rng.shuffle(items)
+        k = int(round(len(items) * cfg.val_fraction))
+        if len(items) > 1:
+            val += items[: max(k, 1)]
+    keep = sorted(set(train) - set(val))
+    return Splits(keep, sorted(val), test, "val")
+
+
+def loso_folds(manifest: Manifest) -> list[tuple[list[str], list[str]]]:
+    """Leave-one-subject-out folds: (train subjects, [test subject]) for every subject."""
+    subs = list(manifest.subjects())
+    return [([s for s in subs if s != t], [t]) for t in subs]

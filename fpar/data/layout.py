@@ -1,0 +1,372 @@
+"""Dataset layout discovery, cleaning and the manifest.
+
+Two layouts are read (reference-spec §7.1):
+
+* the course GTEA61 layout used by the report::
+
+      ROOT/processed_frames2/S1/<class>/<inst>/rgb/rgb0001.png      (frames folder name configurable)
+      ROOT/processed_frames2/S1/<class>/<inst>/mmaps/map0001.png
+      ROOT/flow_x_processed/S1/<class>/<inst>/flow_x_00001.png
+      ROOT/flow_y_processed/S1/<class>/<inst>/flow_y_00001.png
+
+* the original Ego-RNN layout::
+
+      ROOT/frames/S1/<class>/<inst>/image_00001.jpg
+      ROOT/flow_x/S1/<class>/<inst>/flow_x_00001.jpg
+      ROOT/flow_y/...
+
+Everything downstream reads one :class:`Manifest`: a row per video with its subject, class, instance, the ordered
+frame files of each modality and the problems found. Cleaning never touches the user's files: hidden files and
+duplicates such as ``flow_x_00007(1).png`` are skipped, a missing motion map is replaced by the nearest existing one,
+and each fix is recorded as a :class:`Problem`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import FparError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+_NUM = re.compile(r"^(?P<prefix>[A-Za-z_]+?)(?P<num>\d+)\.(?P<ext>png|jpg|jpeg)$", re.IGNORECASE)
+
+
+@dataclass
+class Problem:
+    """One thing found wrong with a dataset, and what fpar does about it."""
+
+    kind: str  # hidden_file | duplicate_file | missing_mmap | missing_modality | empty_video | too_short |
+    #            count_mismatch | unreadable_image | class_one_split | empty_class | stray_file | bad_name
+    path: str  # relative to the dataset root
+    message: str
+    fatal: bool = False  # True when the video cannot be used at all
+
+
+@dataclass
+class VideoRecord:
+    subject: str
+    cls: str
+    instance: str
+    rgb: list[str]  # absolute paths, in frame order
+    flow_x: list[str] = field(default_factory=list)
+    flow_y: list[str] = field(default_factory=list)
+    mmaps: list[str] = field(default_factory=list)  # one per rgb frame after the nearest-map fix; [] when absent
+    label: int = -1
+    usable: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject}/{self.cls}/{self.instance}"
+
+    @property
+    def verb(self) -> str:
+        return self.cls.split("_", 1)[0]
+
+    @property
+    def noun(self) -> str:
+        return self.cls.split("_", 1)[1] if "_" in self.cls else self.cls
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.rgb)
+
+    @property
+    def num_flows(self) -> int:
+        return min(len(self.flow_x), len(self.flow_y))
+
+
+@dataclass
+class Manifest:
+    root: str
+    layout: str
+    classes: list[str]
+    videos: list[VideoRecord]
+    problems: list[Problem]
+
+    # ----------------------------------------------------------------------------------------------------------
+    def subjects(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.videos:
+            out[v.subject] = out.get(v.subject, 0) + 1
+        return dict(sorted(out.items()))
+
+    def select(self, subjects: list[str], *, usable_only: bool = True) -> list[int]:
+        """Indices of the videos of these subjects."""
+        missing = [s for s in subjects if s not in self.subjects()]
+        if missing:
+            raise FparError(
+                f"subject(s) {', '.join(missing)} not found under {self.root} (found: {', '.join(self.subjects())}); "
+                "set data.train_subjects / data.test_subjects"
+            )
+        return [i for i, v in enumerate(self.videos) if v.subject in subjects and (v.usable or not usable_only)]
+
+    def verbs(self) -> list[str]:
+        return sorted({c.split("_", 1)[0] for c in self.classes})
+
+    def nouns(self) -> list[str]:
+        return sorted({(c.split("_", 1)[1] if "_" in c else c) for c in self.classes})
+
+    def fingerprint(self) -> str:
+        """A hash of what a model sees: the classes and every video's files (names and counts, not contents)."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.classes).encode())
+        for v in self.videos:
+            h.update(f"{v.key}|{len(v.rgb)}|{v.num_flows}|{len(v.mmaps)}|{v.usable}".encode())
+            for p in (v.rgb[:1] + v.rgb[-1:]):
+                h.update(os.path.relpath(p, self.root).encode())
+        return h.hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        def rel(paths: list[str]) -> list[str]:
+            return [os.path.relpath(p, self.root) for p in paths]
+
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "classes": self.classes,
+            "videos": [
+                {**asdict(v), "rgb": rel(v.rgb), "flow_x": rel(v.flow_x), "flow_y": rel(v.flow_y), "mmaps": rel(v.mmaps)}
+                for v in self.videos
+            ],
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+    def save(self, path: str | Path) -> None:
+        from ..utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# File listing with the cleaning rules
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_duplicate(name: str) -> bool:
+    # copies made by file managers: "flow_x_00007(1).png", "rgb0003 (1).png", "map0004 copy.png"
+    return "(" in name or " copy" in name
+
+
+def _list_numbered(folder: Path, prefix: str, root: Path, problems: list[Problem]) -> dict[int, str]:
+    """Map frame number -> path for files named ``<prefix><digits>.<image ext>`` in ``folder``."""
+    out: dict[int, str] = {}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except FileNotFoundError:
+        return out
+    except NotADirectoryError:
+        return out
+    for e in entries:
+        rel = os.path.relpath(e.path, root)
+        if _is_hidden(e.name):
+            problems.append(Problem("hidden_file", rel, "hidden file ignored"))
+            continue
+        if _is_duplicate(e.name):
+            problems.append(Problem("duplicate_file", rel, "duplicate copy ignored"))
+            continue
+        m = _NUM.match(e.name)
+        if not m or not e.name.lower().endswith(IMAGE_EXTS) or m.group("prefix") != prefix:
+            if e.is_file():
+                problems.append(Problem("stray_file", rel, f"not a '{prefix}N' image; ignored"))
+            continue
+        n = int(m.group("num"))
+        out[n] = e.path
+    return out
+
+
+def _subdirs(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:
+    out = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: _natural_key(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for e in entries:
+        if _is_hidden(e.name):
+            problems.append(Problem("hidden_file", os.path.relpath(e.path, root), "hidden entry ignored"))
+            continue
+        if e.is_dir():
+            out.append(Path(e.path))
+        else:
+            problems.append(Problem("stray_file", os.path.relpath(e.path, root), "unexpected file ignored"))
+    return out
+
+
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def nearest_fill(wanted: list[int], available: dict[int, str]) -> tuple[list[str], list[int]]:
+    """For each wanted frame number, the file of the nearest available number (ties go to the later frame,
+    which reproduces the report's fix of copying the second map over a missing first one). Returns the files
+    and the numbers that had to be filled."""
+    if not available:
+        return [], list(wanted)
+    nums = sorted(available)
+    files, filled = [], []
+    for w in wanted:
+        if w in available:
+            files.append(available[w])
+            continue
+        best = min(nums, key=lambda n: (abs(n - w), -n))
+        files.append(available[best])
+        filled.append(w)
+    return files, filled
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Discovery
+
+
+def detect_layout(root: Path, frames_dir: str = "processed_frames2") -> tuple[str, str]:
+    """Return (layout, frames folder name)."""
+    if not root.exists():
+        raise FparError(f"dataset root {root} does not exist; create one with `fpar data synth {root}` or fix data.root")
+    if not root.is_dir():
+        raise FparError(f"dataset root {root} is not a folder")
+    for name in (frames_dir, "processed_frames2", "processed_frames"):
+        if (root / name).is_dir():
+            return "gtea61", name
+    if (root / "frames").is_dir():
+        return "egornn", "frames"
+    found = ", ".join(sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:8]) or "nothing"
+    raise FparError(
+        f"{root} is not a GTEA61 dataset: expected a '{frames_dir}/' (course layout) or 'frames/' (Ego-RNN layout) "
+        f"folder, found {found}; see README 'Data layout'"
+    )
+
+
+def discover(root: str | Path, *, layout: str = "auto", frames_dir: str = "processed_frames2") -> Manifest:
+    """Scan a dataset and build its :class:`Manifest`. Raises :class:`FparError` when the root is unusable."""
+    root = Path(root).resolve()
+    found_layout, fdir = detect_layout(root, frames_dir)
+    if layout != "auto" and layout != found_layout:
+        raise FparError(f"{root} looks like the '{found_layout}' layout, but data.layout is '{layout}'")
+    problems: list[Problem] = []
+    if found_layout == "gtea61":
+        rgb_sub, rgb_prefix, map_sub = "rgb", "rgb", "mmaps"
+        flow_dirs = ("flow_x_processed", "flow_y_processed")
+    else:
+        rgb_sub, rgb_prefix, map_sub = "", "image_", None
+        flow_dirs = ("flow_x", "flow_y")
+    for d in flow_dirs:
+        if not (root / d).is_dir():
+            problems.append(Problem("missing_modality", d, f"no {d}/ folder: flow models cannot train on this dataset"))
+
+    frames_root = root / fdir
+    videos: list[VideoRecord] = []
+    for subj in _subdirs(frames_root, root, problems):
+        for cdir in _subdirs(subj, root, problems):
+            insts = _subdirs(cdir, root, problems)
+            if not insts:
+                problems.append(Problem("empty_class", os.path.relpath(cdir, root), "class folder with no videos"))
+            for inst in insts:
+                videos.append(
+                    _read_video(root, subj.name, cdir.name, inst, rgb_sub, rgb_prefix, map_sub, flow_dirs, problems)
+                )
+    if not videos:
+        raise FparError(f"no videos found under {frames_root}; expected <subject>/<class>/<instance>/ folders")
+
+    classes = sorted({v.cls for v in videos})
+    index = {c: i for i, c in enumerate(classes)}
+    for v in videos:
+        v.label = index[v.cls]
+    return Manifest(str(root), found_layout, classes, videos, problems)
+
+
+def _read_video(root, subject, cls, inst, rgb_sub, rgb_prefix, map_sub, flow_dirs, problems) -> VideoRecord:
+    vdir = inst / rgb_sub if rgb_sub else inst
+    rel = os.path.relpath(inst, root)
+    rgb = _list_numbered(vdir, rgb_prefix, root, problems)
+    rec = VideoRecord(subject, cls, inst.name, [rgb[n] for n in sorted(rgb)])
+    if not rgb:
+        problems.append(Problem("empty_video", rel, "no RGB frames: video skipped", fatal=True))
+        rec.usable = False
+        return rec
+    nums = sorted(rgb)
+    if nums != list(range(nums[0], nums[0] + len(nums))):
+        gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))[:5]
+        problems.append(Problem("missing_frames", rel, f"RGB frame numbers have gaps (e.g. {gaps}); frames used in order"))
+
+    # flows: same relative folder under flow_x_processed/ and flow_y_processed/
+    fx = _list_numbered(root / flow_dirs[0] / subject / cls / inst.name, "flow_x_", root, problems)
+    fy = _list_numbered(root / flow_dirs[1] / subject / cls / inst.name, "flow_y_", root, problems)
+    rec.flow_x = [fx[n] for n in sorted(fx)]
+    rec.flow_y = [fy[n] for n in sorted(fy)]
+    if (root / flow_dirs[0]).is_dir() and (not fx or not fy):
+        problems.append(Problem("missing_modality", rel, "no flow_x or flow_y frames: flow models skip this video"))
+    if fx and fy:
+        n, mx, my = len(rgb), len(fx), len(fy)
+        if mx != my:
+            m = min(mx, my)
+            problems.append(
+                Problem("count_mismatch", rel, f"{mx} flow_x vs {my} flow_y frames; fpar uses the first {m} of each")
+            )
+            rec.flow_x, rec.flow_y = rec.flow_x[:m], rec.flow_y[:m]
+        m = rec.num_flows
+        if m not in (n, n - 1):
+            # The two streams must describe the same frames: keep the range both modalities cover.
+            keep_rgb, keep_flow = min(n, m + 1), min(m, n)
+            problems.append(
+                Problem(
+                    "count_mismatch",
+                    rel,
+                    f"{n} RGB frames but {m} flows (expected {n} or {n - 1}); fpar uses the common range: "
+                    f"{keep_rgb} frames, {keep_flow} flows",
+                )
+            )
+            rec.rgb = rec.rgb[:keep_rgb]
+            rec.flow_x, rec.flow_y = rec.flow_x[:keep_flow], rec.flow_y[:keep_flow]
+            nums = nums[:keep_rgb]
+
+    if map_sub is not None:
+        maps = _list_numbered(inst / map_sub, "map", root, problems)
+        if maps:
+            files, filled = nearest_fill(nums, maps)
+            rec.mmaps = files
+            for w in filled:
+                src = os.path.relpath(files[nums.index(w)], root)
+                problems.append(
+                    Problem("missing_mmap", f"{rel}/{map_sub}/map{w:04d}.png", f"missing motion map; uses {src}")
+                )
+        else:
+            problems.append(Problem("missing_modality", rel, "no motion maps: MS models skip this video"))
+    return rec
+
+
+def check_lengths(manifest: Manifest, *, frames: int, flow_stack: int = 5) -> list[Problem]:
+    """Problems for videos shorter than a requested T or than a flow stack (they still load: indices repeat)."""
+    out = []
+    for v in manifest.videos:
+        if not v.usable:
+            continue
+        rel = os.path.relpath(os.path.dirname(v.rgb[0]), manifest.root)
+        if v.num_frames < frames:
+            out.append(Problem("too_short", rel, f"{v.num_frames} frames < T={frames}: frames are repeated"))
+        if v.flow_x and v.num_flows < flow_stack:
+            out.append(
+                Problem("too_short", rel, f"{v.num_flows} flows < stack of {flow_stack}: the last flow is repeated")
+            )
+    return out
+
+
+def split_problems(manifest: Manifest, train: list[str], test: list[str]) -> list[Problem]:
+    seen: dict[str, set[str]] = {}
+    for v in manifest.videos:
+        if v.usable:
+            seen.setdefault(v.cls, set()).add(v.subject)
+    out = []
+    for c in manifest.classes:
+        in_train = bool(seen.get(c, set()) & set(train))
+        in_test = bool(seen.get(c, set()) & set(test))
+        if in_train != in_test:
+            where = "training" if in_train else "test"
+            out.append(Problem("class_one_split", c, f"class '{c}' has videos in the {where} split only"))
+    return out

@@ -1,0 +1,96 @@
+"""`fpar data show`: the report's Figure 6 for one video (frames of each modality side by side)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import FparError
+from .imageio import read_grey, read_mmap, read_rgb
+from .layout import Manifest
+from .sampling import uniform_indices
+from .transforms import draw_params, transform_flow, transform_mmaps, transform_rgb
+
+
+def find_video(manifest: Manifest, video: str) -> int:
+    """A video by ``S2/take_cup/1`` (subject/class/instance) or by a path inside its folder."""
+    key = video.strip("/")
+    for i, v in enumerate(manifest.videos):
+        if v.key == key:
+            return i
+    p = Path(os.path.abspath(video))
+    for i, v in enumerate(manifest.videos):
+        inst = Path(v.rgb[0]).parent if v.rgb else None
+        inst = inst.parent if inst is not None and inst.name == "rgb" else inst
+        if inst is not None and (p == inst or inst in p.parents):
+            return i
+    examples = ", ".join(v.key for v in manifest.videos[:3])
+    raise FparError(f"video '{video}' not found in {manifest.root}; name it SUBJECT/CLASS/INSTANCE, e.g. {examples}")
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 2, cv2.LINE_AA)
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def show_video(manifest: Manifest, index: int, out: str | Path, *, frames: int = 5, cfg: DataConfig | None = None,
+               transformed: bool = False, train: bool = False, seed: int = 0) -> Path:  # fmt: skip
+    """Write a PNG: one row per sampled frame, columns rgb | flow x | flow y | motion map (Figure 6).
+
+    With ``transformed`` the images are what the model sees after the (test, or ``train``) transform.
+    """
+    v = manifest.videos[index]
+    idx = uniform_indices(v.num_frames, frames)
+    cols = []
+    rgb = [read_rgb(v.rgb[k]) for k in idx]
+    m = v.num_flows
+    fx = [read_grey(v.flow_x[min(k, m - 1)]) for k in idx] if m else None
+    fy = [read_grey(v.flow_y[min(k, m - 1)]) for k in idx] if m else None
+    mm = [read_mmap(v.mmaps[k]) * 255 for k in idx] if v.mmaps else None
+    if transformed:
+        cfg = cfg or DataConfig()
+        p = draw_params(np.random.default_rng(seed), train=train)
+        kw = dict(scale_size=cfg.scale_size, input_size=cfg.input_size)
+        x = transform_rgb(rgb, p, **kw)  # (T, 3, S, S) normalised
+        mean = np.array([0.485, 0.456, 0.406])[None, :, None, None]
+        std = np.array([0.229, 0.224, 0.225])[None, :, None, None]
+        rgb = list(np.clip((x.numpy() * std + mean) * 255, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+        if fx is not None:
+            f = transform_flow(fx, fy, p, **kw).numpy() * 0.226 + 0.449  # (2T, S, S) in [0, 1]
+            f = np.clip(f * 255, 0, 255).astype(np.uint8)
+            fx, fy = list(f[0::2]), list(f[1::2])
+        if mm is not None:
+            mm = list(transform_mmaps([m_ // 255 for m_ in mm], p, **kw).numpy() * 255)
+    h, w = rgb[0].shape[:2]
+
+    def tile(img, grey=False):
+        img = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_GRAY2RGB) if grey else img
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    rows = []
+    for r in range(len(idx)):
+        row = [_label(rgb[r], f"rgb {idx[r] + 1}")]
+        if fx is not None:
+            row += [_label(tile(fx[r], True), "flow x"), _label(tile(fy[r], True), "flow y")]
+        if mm is not None:
+            row.append(_label(tile(mm[r], True), "mmap"))
+        rows.append(np.concatenate(row, 1))
+        cols = len(row)
+    sheet = np.concatenate(rows, 0)
+    title = np.full((24, sheet.shape[1], 3), 255, np.uint8)
+    cv2.putText(title, f"{v.key}  ({v.num_frames} frames, {m} flows, {cols} modalities)", (6, 17),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    sheet = np.concatenate([title, sheet], 0)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    from ..utils import atomic_write_bytes
+
+    atomic_write_bytes(out, buf.tobytes())
+    return out

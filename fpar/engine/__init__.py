@@ -1,0 +1,1 @@
+"""Training engine: stages as data, the loop, checkpoints, metrics and logging."""

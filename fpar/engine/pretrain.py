@@ -1,0 +1,115 @@
+"""Backbone pre-training on single frames, for machines without ImageNet weights (`fpar pretrain`).
+
+Trains a torchvision ResNet (all layers, BatchNorm in train mode) to classify single frames of the training
+subjects by noun (the object) or by action class, and saves a **torchvision-format state dict** (``conv1.weight``,
+..., ``fc.weight``) that ``model.pretrained=PATH`` loads like ImageNet weights. Its fc becomes the classifier the
+CAM reads, so with noun labels the CAM looks for objects, much as the ImageNet fc looks for ImageNet objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import DataConfig
+from ..data.imageio import read_rgb
+from ..data.layout import Manifest, discover
+from ..data.transforms import draw_params, transform_rgb
+from ..errors import FparError
+from ..models.backbone import build_trunk
+from ..utils import seed_everything, torch_save_atomic
+
+
+class FrameDataset(Dataset):
+    """``per_video`` frames of each video (evenly spaced, jittered when training), one label per video."""
+
+    def __init__(self, manifest: Manifest, indices: list[int], labels: list[int], cfg: DataConfig, *,
+                 per_video: int, train: bool, seed: int = 0):  # fmt: skip
+        self.items = []
+        for i, y in zip(indices, labels):
+            n = manifest.videos[i].num_frames
+            for k in range(per_video):
+                self.items.append((i, k, n, y))
+        self.manifest, self.cfg, self.per_video, self.train, self.seed = manifest, cfg, per_video, train, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int):
+        vid, k, n, y = self.items[j]
+        rng = np.random.default_rng([self.seed, self.epoch, j])
+        lo, hi = (k * n) // self.per_video, max(((k + 1) * n) // self.per_video, (k * n) // self.per_video + 1)
+        f = int(rng.integers(lo, hi)) if self.train else (lo + hi - 1) // 2
+        p = draw_params(rng, train=self.train)
+        x = transform_rgb([read_rgb(self.manifest.videos[vid].rgb[min(f, n - 1)])], p,
+                          scale_size=self.cfg.scale_size, input_size=self.cfg.input_size)[0]  # fmt: skip
+        return x, y
+
+
+def pretrain_backbone(root: str, out: str | Path, *, arch: str = "resnet18", target: str = "noun",
+                      input_size: int = 112, scale_size: int = 128, epochs: int = 4, batch_size: int = 32,
+                      per_video: int = 4, lr: float = 1e-3, train_subjects=("S1", "S3", "S4"),
+                      test_subjects=("S2",), seed: int = 0, num_workers: int = 0, progress: bool = True,
+                      log=print) -> dict:  # fmt: skip
+    """Train and save the backbone; returns {'train_acc', 'test_acc', 'classes', 'path'} (frame accuracy, %)."""
+    from tqdm import tqdm
+
+    if target not in ("noun", "class"):
+        raise FparError(f"target must be 'noun' or 'class', got {target!r}")
+    seed_everything(seed)
+    manifest = discover(root)
+    names = manifest.nouns() if target == "noun" else manifest.classes
+    index = {c: i for i, c in enumerate(names)}
+
+    def lab(i):
+        v = manifest.videos[i]
+        return index[v.noun if target == "noun" else v.cls]
+
+    cfg = DataConfig(input_size=input_size, scale_size=scale_size)
+    tr_idx = manifest.select(list(train_subjects))
+    te_idx = manifest.select(list(test_subjects))
+    train_ds = FrameDataset(manifest, tr_idx, [lab(i) for i in tr_idx], cfg, per_video=per_video, train=True, seed=seed)
+    test_ds = FrameDataset(manifest, te_idx, [lab(i) for i in te_idx], cfg, per_video=2, train=False, seed=seed)
+    model = build_trunk(arch, pretrained=None, num_classes=len(names))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((len(train_ds) + batch_size - 1)
+                                                                                       // batch_size))  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    train_acc = test_acc = 0.0
+    for epoch in range(epochs):
+        train_ds.epoch = epoch
+        model.train()
+        correct = seen = 0
+        loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers)
+        it = tqdm(loader, desc=f"pretrain {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else loader
+        for x, y in it:
+            logits = model.logits_from(model.forward_features(x)["conv5"])
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        train_acc = 100 * correct / max(seen, 1)
+        test_acc = _frame_accuracy(model, test_ds, batch_size)
+        log(f"pretrain epoch {epoch + 1}/{epochs}: train frames {train_acc:.1f}%, test frames {test_acc:.1f}% "
+            f"({len(names)} {target}s)")  # fmt: skip
+    sd = {k: v for k, v in model.state_dict().items()}
+    torch_save_atomic(sd, out)
+    return {"train_acc": train_acc, "test_acc": test_acc, "classes": names, "path": str(out)}
+
+
+@torch.no_grad()
+def _frame_accuracy(model, ds, batch_size) -> float:
+    model.eval()
+    correct = seen = 0
+    for x, y in DataLoader(ds, batch_size=batch_size):
+        correct += (model.logits_from(model.forward_features(x)["conv5"]).argmax(1) == y).sum().item()
+        seen += len(y)
+    return 100 * correct / max(seen, 1)

@@ -1,0 +1,371 @@
+"""One `fpar train` run = one stage: build, train, evaluate every epoch, checkpoint, log, resume.
+
+Run folder (``runs/<name>/`` or ``out``)::
+
+    config.yaml      the resolved config           provenance.json  fpar/torch versions, git commit, data hash
+    metrics.jsonl    one JSON line per epoch       summary.json     best/final accuracies (percent)
+    best.pt last.pt  self-contained checkpoints    tb/              TensorBoard events
+    confusion.csv    confusion matrix of the best epoch
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..config import ExperimentConfig, save_config, to_dict
+from ..data.dataset import ClipDataset, make_splits
+from ..data.layout import Manifest, discover
+from ..data.synth import motion_pairs
+from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from ..errors import FparError
+from ..utils import atomic_write_json, atomic_write_text, seed_everything
+from .build import build_model, forward_batch, init_from, modalities
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .losses import total_loss
+from .metrics import classification_metrics
+from .stages import apply_trainable, param_groups, set_train_mode
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FparError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def lr_factor(cfg: ExperimentConfig, epoch: int) -> float:
+    """LR multiplier for 0-based ``epoch``: what MultiStepLR / StepLR give when stepped at the END of each epoch
+    (reference-spec §8: the original stepped at the start, one epoch early under PyTorch >= 1.1)."""
+    s = cfg.sched
+    if s.name == "multistep":
+        return s.gamma ** sum(1 for m in s.milestones if epoch >= m)
+    if s.name == "step":
+        return s.gamma ** (epoch // max(s.step_size, 1))
+    return 1.0
+
+
+def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.optim)
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def provenance(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "fpar": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "dataset_root": manifest.root,
+        "dataset_manifest_sha": manifest.fingerprint(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+def normalisation(cfg: ExperimentConfig) -> dict:
+    return {"rgb_mean": list(RGB_MEAN), "rgb_std": list(RGB_STD), "flow_mean": FLOW_MEAN, "flow_std": FLOW_STD,
+            "scale_size": cfg.data.scale_size}  # fmt: skip
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.out) if cfg.out else Path("runs") / cfg.name
+
+
+def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: int = 0) -> DataLoader:
+    g = torch.Generator()
+    g.manual_seed(cfg.seed * 1_000_003 + epoch)  # the shuffle order depends only on (seed, epoch): exact resume
+    nw = cfg.data.num_workers
+    return DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
+        shuffle=train,
+        generator=g if train else None,
+        num_workers=nw,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval"):
+    """Logits (N, C), labels (N,), mean loss over the loader."""
+    from tqdm import tqdm
+
+    model.eval()
+    logits, labels, losses = [], [], []
+    it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) if progress else loader
+    for batch in it:
+        batch = _to(batch, device)
+        with _autocast(cfg, device):
+            out = forward_batch(model, cfg, batch, train=False)
+        out.logits = out.logits.float()
+        losses.append(torch.nn.functional.cross_entropy(out.logits, batch["label"], reduction="sum").item())
+        logits.append(out.logits.cpu())
+        labels.append(batch["label"].cpu())
+    n = sum(len(x) for x in labels)
+    if n == 0:
+        raise FparError("the evaluation split is empty; check data.test_subjects")
+    return torch.cat(logits), torch.cat(labels), sum(losses) / n
+
+
+def _autocast(cfg: ExperimentConfig, device: torch.device):
+    enabled = bool(cfg.train.amp and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def evaluate(model, loader, cfg, device, classes, *, progress=False, desc="eval") -> dict:
+    logits, labels, loss = predict(model, loader, cfg, device, progress=progress, desc=desc)
+    pairs = [c for p in motion_pairs(classes) for c in p]
+    m = classification_metrics(logits, labels, classes, subset=pairs)
+    m["loss"] = loss
+    return m
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, epoch: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
+    set_train_mode(model, cfg.train.bn_train)
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    total = cfg.train.max_batches or len(loader)
+    it = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+              dynamic_ncols=True) if progress else loader  # fmt: skip
+    for i, batch in enumerate(it):
+        if cfg.train.max_batches and i >= cfg.train.max_batches:
+            break
+        batch = _to(batch, device)
+        with _autocast(cfg, device):
+            out = forward_batch(model, cfg, batch, train=True)
+        out.logits = out.logits.float()
+        loss, parts = total_loss(out, batch, cfg.model)
+        if not math.isfinite(loss.item()):
+            raise FparError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower optim.lr or check the data "
+                "(the run stops here; last.pt holds the previous epoch)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+        optimizer.step()
+        b = batch["label"].shape[0]
+        seen += b
+        correct += (out.logits.argmax(1) == batch["label"]).sum().item()
+        for k, v in {"loss": loss.item(), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v * b
+        if progress:
+            it.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    if seen == 0:
+        raise FparError("the training split is empty; check data.train_subjects")
+    out = {f"train_{k}": v / seen for k, v in sums.items()}
+    out["train_top1"] = 100 * correct / seen
+    return out
+
+
+def prepare(cfg: ExperimentConfig):
+    """Data, splits and datasets of a config."""
+    manifest = discover(cfg.data.root, layout=cfg.data.layout, frames_dir=cfg.data.frames_dir)
+    splits = make_splits(manifest, cfg.data, seed=cfg.seed)
+    mods = modalities(cfg)
+    train_ds = ClipDataset(manifest, splits.train, cfg.data, modalities=mods, train=True, seed=cfg.seed)
+    select_ds = ClipDataset(manifest, splits.select, cfg.data, modalities=mods, train=False, seed=cfg.seed)
+    test_ds = select_ds if splits.select == splits.test else ClipDataset(
+        manifest, splits.test, cfg.data, modalities=mods, train=False, seed=cfg.seed
+    )  # fmt: skip
+    return manifest, splits, train_ds, select_ds, test_ds
+
+
+def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None,
+          log=print) -> dict:  # fmt: skip
+    """Run one stage. ``resume`` continues an interrupted run from its ``last.pt`` (same result as no stop)."""
+    progress = cfg.train.progress if progress is None else progress
+    run = Path(resume) if resume else run_dir_for(cfg)
+    last = None
+    if resume:
+        last = load_checkpoint(run, "last")
+        if last.get("finished"):
+            log(f"{run} already finished {last['epoch']} epochs; nothing to resume")
+            return json.loads((run / "summary.json").read_text())
+    elif (run / "last.pt").exists():
+        raise FparError(f"{run} already holds a run; resume it with `fpar train --resume {run}` or set out=NEW_FOLDER")
+    run.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(cfg.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = pick_device(cfg.train.device)
+    manifest, splits, train_ds, select_ds, test_ds = prepare(cfg)
+    classes = manifest.classes
+    model, extra = build_model(cfg, classes)
+    init_report = None
+    if cfg.init.from_ and last is None:
+        init_report = init_from(model, cfg, classes)
+    trainable = apply_trainable(model, cfg.train.trainable)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+
+    history: list[dict] = []
+    best = {"top1": -1.0, "epoch": 0}
+    start = 0
+    if last is not None:
+        model.load_state_dict(last["model"])
+        optimizer.load_state_dict(last["optimizer"])
+        set_rng_state(last["rng"])
+        history = list(last["history"])
+        best = dict(last["best"])
+        start = int(last["epoch"])
+        log(f"resuming {run} after epoch {start}")
+    else:
+        save_config(cfg, run / "config.yaml")
+        atomic_write_json(run / "provenance.json", provenance(manifest))
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+    log(f"{cfg.name}: {cfg.model.name} on {manifest.root}: {splits.describe(manifest, cfg.data)}; "
+        f"{sum(p.numel() for n, p in model.named_parameters() if n in set(trainable)) / 1e6:.2f} M trainable "
+        f"parameters; device {device}")  # fmt: skip
+    if init_report:
+        log(f"initialised from {init_report['from']} (epoch {init_report['epoch']}); new: {len(init_report['new'])} "
+            "tensors")  # fmt: skip
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(run / "tb"))
+    select_loader = make_loader(select_ds, cfg, train=False)
+    base = {
+        "config": to_dict(cfg), "classes": classes, "input_size": cfg.data.input_size,
+        "normalisation": normalisation(cfg), "trainable": trainable, **extra,
+    }  # fmt: skip
+    t_start = time.time()
+    for epoch in range(start, cfg.train.epochs):
+        f = lr_factor(cfg, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * f
+        train_ds.set_epoch(epoch)
+        t0 = time.time()
+        tr = train_one_epoch(model, make_loader(train_ds, cfg, train=True, epoch=epoch), optimizer, cfg, device,
+                             epoch=epoch, progress=progress)  # fmt: skip
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+            ev = evaluate(model, select_loader, cfg, device, classes, progress=progress)
+            conf = ev.pop("confusion")
+            row.update({f"val_{k}": v for k, v in ev.items()})
+            if ev["top1"] > best["top1"]:  # strictly better, as the original selection
+                best = {"top1": ev["top1"], "epoch": epoch + 1, **{k: v for k, v in ev.items() if k != "top1"}}
+                save_checkpoint({**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt")
+                _write_confusion(run / "confusion.csv", conf, classes)
+        row["time_s"] = round(time.time() - t0, 2)
+        history.append(row)
+        with open(run / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                tb.add_scalar(k, v, epoch + 1)
+        log(_epoch_line(row))
+        save_checkpoint(
+            {**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+             "rng": rng_state(), "history": history, "best": best, "finished": epoch + 1 == cfg.train.epochs},
+            run / "last.pt",
+        )  # fmt: skip
+    tb.close()
+    summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, classes, progress)
+    summary["train_time_s"] = round(time.time() - t_start, 1)
+    atomic_write_json(run / "summary.json", summary)
+    return summary
+
+
+def _epoch_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:>3}", f"loss {row['train_loss']:.3f}", f"train {row['train_top1']:.1f}%"]
+    if "val_top1" in row:
+        parts += [f"val {row['val_top1']:.1f}%", f"val loss {row['val_loss']:.3f}"]
+    for k in ("train_ms_loss", "train_disc_loss"):
+        if k in row:
+            parts.append(f"{k[6:]} {row[k]:.3f}")
+    parts.append(f"{row['time_s']:.0f}s")
+    return "  ".join(parts)
+
+
+def _write_confusion(path: Path, conf: list[list[int]], classes: list[str]) -> None:
+    lines = ["true\\pred," + ",".join(f'"{c}"' for c in classes)]
+    lines += [f'"{c}",' + ",".join(str(x) for x in row) for c, row in zip(classes, conf)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, classes, progress) -> dict:
+    evals = [h for h in history if "val_top1" in h]
+    final = evals[-1] if evals else {}
+    s = {
+        "name": cfg.name,
+        "model": cfg.model.name,
+        "run": str(run),
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "final_top1": final.get("val_top1"),
+        "top5": best.get("top5"),
+        "mean_class_acc": best.get("mean_class_acc"),
+        "verb_acc": best.get("verb_acc"),
+        "noun_acc": best.get("noun_acc"),
+        "pair_top1": best.get("pair_top1"),
+        "pair_videos": best.get("pair_videos"),
+        "videos": best.get("videos"),
+        "select_on": splits.select_on,
+        "epochs": cfg.train.epochs,
+        "seed": cfg.seed,
+    }
+    if splits.select_on == "val":
+        # the epoch was chosen on held-out training videos: report the test subjects once, on that checkpoint
+        ckpt = load_checkpoint(run, "best")
+        model.load_state_dict(ckpt["model"])
+        ev = evaluate(model, make_loader(test_ds, cfg, train=False), cfg, device, classes, progress=progress)
+        ev.pop("confusion")
+        s.update({f"test_{k}": v for k, v in ev.items()})
+    return s
+
+
+def np_mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0

@@ -1,0 +1,1 @@
+"""Sweeps, reports, figures and reproductions of the report's tables."""

@@ -1,0 +1,330 @@
+"""ResNet trunk with the no-BN output of the last block, weight loading and input-conv adaptation.
+
+`ResNetTrunk` holds the modules of a torchvision ResNet under the torchvision names (``conv1``, ``bn1``, ``layer1`` ..
+``layer4``, ``fc``), so its state dict is a torchvision state dict and a user model that stores the trunk as, say,
+``resNet`` gets parameter names like ``resNet.layer4.2.conv1.weight``. The ImageNet ``fc`` is kept: the CAM uses it.
+
+The one change from torchvision (reference-spec §1.1): the last block of ``layer4`` is run by hand so that, from the
+same convs in one pass, we get both its normal output (``conv5`` = relu(bn2(c) + identity)) and its no-BN output
+(``conv5_nobn`` = c + identity, no bn2, no ReLU), c being that block's last conv output. For Bottleneck blocks
+(resnet50) c is the conv3 output and bn3 plays the role of bn2.
+
+Weights are never downloaded (the target machines are offline): see `build_trunk`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from fpar.errors import FparError
+
+logger = logging.getLogger(__name__)
+
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+STAGES: tuple[str, ...] = ("stem", "conv2", "conv3", "conv4")  # outputs of stem, layer1, layer2, layer3
+_STAGE_INDEX = {name: i for i, name in enumerate(STAGES)}
+
+# Filenames of the same ImageNet weights in the older (pre-zipfile) serialisation, as cited by Ego-RNN
+# (``resnet34-333f7ec4.pth``). Accepted in the hub cache as a fallback to the torchvision IMAGENET1K_V1 file.
+_LEGACY_IMAGENET_FILES = {
+    "resnet18": "resnet18-5c106cde.pth",
+    "resnet34": "resnet34-333f7ec4.pth",
+    "resnet50": "resnet50-19c8e357.pth",
+}
+
+
+def _check_arch(name: str) -> str:
+    if name not in ARCHS:
+        raise FparError(f"unknown backbone '{name}'; choose one of {', '.join(ARCHS)}")
+    return name
+
+
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet (18/34/50) that also returns the no-BN output of its last block.
+
+    Attributes: ``conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc`` (torchvision names and modules),
+    ``name``, ``in_chans``, ``num_classes``, ``num_features`` (512 or 2048) and ``feature_channels``
+    ({'conv3', 'conv4', 'conv5'} -> channels; x4 for Bottleneck).
+
+    ``forward`` is `forward_features`. Random init is torchvision's (conv1 re-created with torchvision's Kaiming
+    init when ``in_chans != 3``).
+    """
+
+    def __init__(self, name: str = "resnet34", *, in_chans: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.name = _check_arch(name)
+        self.in_chans = int(in_chans)
+        self.num_classes = int(num_classes)
+        tv = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if in_chans != 3:
+            conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's conv init
+            tv.conv1 = conv1
+        self.conv1 = tv.conv1
+        self.bn1 = tv.bn1
+        self.relu = tv.relu
+        self.maxpool = tv.maxpool
+        self.layer1 = tv.layer1
+        self.layer2 = tv.layer2
+        self.layer3 = tv.layer3
+        self.layer4 = tv.layer4
+        self.avgpool = tv.avgpool  # AdaptiveAvgPool2d(1): equals Ego-RNN's AvgPool2d(7) at 224 px (7x7 maps)
+        self.fc = tv.fc
+        last = self.layer4[-1]
+        if not isinstance(last, (BasicBlock, Bottleneck)):  # pragma: no cover - torchvision always builds these
+            raise TypeError(f"unsupported last block type {type(last).__name__}")
+        self.bottleneck = isinstance(last, Bottleneck)
+        expansion = 4 if self.bottleneck else 1
+        self.num_features = 512 * expansion
+        self.feature_channels = {"conv3": 128 * expansion, "conv4": 256 * expansion, "conv5": 512 * expansion}
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def stem(self, x: Tensor) -> Tensor:
+        """conv1, bn1, relu, maxpool: (B, in_chans, H, W) -> (B, 64, H/4, W/4)."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_to(self, x: Tensor, end: str) -> Tensor:
+        """Run from the input up to and including stage ``end``: 'stem', 'conv2' (layer1), 'conv3' (layer2) or
+        'conv4' (layer3); returns that stage's output."""
+        if end not in _STAGE_INDEX:
+            raise ValueError(f"end must be one of {STAGES}, got {end!r}")
+        x = self.stem(x)
+        for layer in (self.layer1, self.layer2, self.layer3)[: _STAGE_INDEX[end]]:
+            x = layer(x)
+        return x
+
+    def _last_stage(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """layer4 with its last block run by hand: returns (conv5, conv5_nobn), each (B, num_features, h, w)."""
+        for block in self.layer4[:-1]:
+            x = block(x)
+        blk = self.layer4[-1]
+        identity = x if blk.downsample is None else blk.downsample(x)
+        out = blk.relu(blk.bn1(blk.conv1(x)))
+        if self.bottleneck:
+            out = blk.relu(blk.bn2(blk.conv2(out)))
+            c = blk.conv3(out)
+            bn_last = blk.bn3
+        else:
+            c = blk.conv2(out)
+            bn_last = blk.bn2
+        nobn = c + identity  # no BN, no ReLU (Ego-RNN's feature_convNBN)
+        conv5 = blk.relu(bn_last(c) + identity)  # the block's normal output (feature_conv)
+        return conv5, nobn
+
+    def logits_from(self, conv5: Tensor) -> Tensor:
+        """fc(avgpool(conv5)): (B, num_features, h, w) -> (B, num_classes)."""
+        return self.fc(torch.flatten(self.avgpool(conv5), 1))
+
+    # ------------------------------------------------------------------------------------------------ forwards
+    def forward_from(self, x: Tensor, start: str) -> dict[str, Tensor]:
+        """Run the rest of the network from the output of stage ``start``.
+
+        ``start='conv3'``: x is a layer2-shaped output (B, feature_channels['conv3'], H/8, W/8); runs layer3 and
+        layer4 and returns {'conv4', 'conv5', 'conv5_nobn', 'logits'}. ``start='conv4'``: x is layer3-shaped; returns
+        {'conv5', 'conv5_nobn', 'logits'}. The input itself is not repeated in the dict.
+        """
+        out: dict[str, Tensor] = {}
+        if start == "conv3":
+            x = self.layer3(x)
+            out["conv4"] = x
+        elif start != "conv4":
+            raise ValueError(f"start must be 'conv3' or 'conv4', got {start!r}")
+        conv5, nobn = self._last_stage(x)
+        out["conv5"] = conv5
+        out["conv5_nobn"] = nobn
+        out["logits"] = self.logits_from(conv5)
+        return out
+
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """(B, in_chans, H, W) -> {'conv3': layer2 out, 'conv4': layer3 out, 'conv5': layer4 out (BN+ReLU),
+        'conv5_nobn': last block without its last BN and ReLU, 'logits': (B, num_classes)}.
+
+        At 224 px: conv3 (B,128,28,28), conv4 (B,256,14,14), conv5 / conv5_nobn (B,512,7,7) for resnet18/34.
+        """
+        conv3 = self.layer2(self.layer1(self.stem(x)))
+        return {"conv3": conv3, **self.forward_from(conv3, "conv3")}
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.forward_features(x)
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """Ego-RNN's flow init of conv1 (reference-spec §2): (O, C, k, k) -> (O, in_chans, k, k).
+
+    The weight is averaged over its input channels (RGB for an ImageNet conv1) and that mean is repeated
+    ``in_chans`` times, with no rescaling (so the response to a constant input grows with in_chans, as in the
+    original). The same rule applies for every channel count: ``in_chans=1`` gives the mean, and ``in_chans=3``
+    gives the mean repeated three times, *not* the original weight. Returns a new tensor of the same dtype.
+    """
+    if weight.dim() != 4:
+        raise ValueError(f"expected a conv weight (O, C, k, k), got shape {tuple(weight.shape)}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    mean = weight.mean(dim=1, keepdim=True)  # (O, 1, k, k)
+    return mean.repeat(1, in_chans, 1, 1).contiguous()  # (O, in_chans, k, k)
+
+
+def set_batchnorm_eval(module: nn.Module) -> nn.Module:
+    """Put every BatchNorm in ``module`` in eval mode (running stats used and not updated); returns ``module``.
+
+    ``module.train()`` undoes this, so call it again after every ``train()``. It does not touch ``requires_grad``.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
+
+
+def _unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
+    """Accept a plain state dict, or one nested under 'state_dict' / 'model'; strip a 'module.' prefix."""
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        else:
+            break
+    if not isinstance(obj, Mapping) or not obj:
+        raise FparError(f"{source} does not hold a state dict (a mapping of parameter names to tensors)")
+    sd: dict[str, Tensor] = {}
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            continue  # e.g. stray metadata entries next to the tensors
+        k = str(k)
+        if k.startswith("module."):
+            k = k[len("module.") :]
+        sd[k] = v
+    if not sd:
+        raise FparError(f"{source} does not hold a state dict (a mapping of parameter names to tensors)")
+    return sd
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_torchvision_state_dict(trunk: ResNetTrunk, state_dict: Mapping[str, Tensor], *, source: str) -> None:
+    """Copy a torchvision-format ResNet state dict into ``trunk``, in place.
+
+    * conv1: if the checkpoint has 3 input channels and the trunk another count, it is adapted with
+      `adapt_input_conv`; if it already has the trunk's count it is copied.
+    * fc: if its shape differs from the trunk's (``num_classes``), it is skipped with a warning (left at its init).
+    * ``num_batches_tracked`` buffers may be missing (checkpoints from old PyTorch versions lack them).
+    * any other missing, unexpected or mis-shaped key raises `FparError` naming ``source`` and a few keys.
+    """
+    sd = _unwrap_state_dict(state_dict, source)
+    own = trunk.state_dict()
+
+    w = sd.get("conv1.weight")
+    if w is not None and w.shape != own["conv1.weight"].shape:
+        if w.dim() == 4 and w.shape[1] == 3 and w.shape[0] == own["conv1.weight"].shape[0]:
+            sd["conv1.weight"] = adapt_input_conv(w, trunk.in_chans)
+            logger.info("%s: conv1 adapted from 3 to %d input channels (RGB mean, repeated)", source, trunk.in_chans)
+    fc_w = sd.get("fc.weight")
+    # Skip the fc only when it is a classifier over the same features with another class count; an fc over other
+    # features (another depth) is reported as a mismatch below.
+    fc_skipped = (
+        fc_w is not None
+        and fc_w.dim() == 2
+        and fc_w.shape[1] == own["fc.weight"].shape[1]
+        and any(k in sd and sd[k].shape != own[k].shape for k in ("fc.weight", "fc.bias"))
+    )
+    if fc_skipped:
+        logger.warning(
+            "%s: fc has shape %s but the trunk has %d classes; fc left at its random init",
+            source,
+            tuple(sd["fc.weight"].shape) if "fc.weight" in sd else "?",
+            trunk.num_classes,
+        )
+        sd.pop("fc.weight", None)
+        sd.pop("fc.bias", None)
+
+    expected = set(own) - ({"fc.weight", "fc.bias"} if fc_skipped else set())
+    missing = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(sd) - set(own))
+    mis_shaped = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+    if missing or unexpected or mis_shaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_few(unexpected)}")
+        if mis_shaped:
+            parts.append(
+                "shape mismatch: " + _few([f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in mis_shaped], 3)
+            )
+        raise FparError(
+            f"{source} is not a torchvision {trunk.name} ImageNet state dict ({'; '.join(parts)}); "
+            f"pass weights saved from torchvision.models.{trunk.name}, 'imagenet' or 'none'"
+        )
+    trunk.load_state_dict(sd, strict=False)  # strict=False only for the optional keys checked above
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with arbitrary objects, not a torch file at all
+        raise FparError(f"cannot read pretrained weights {path}: {type(e).__name__}: {e}") from e
+
+
+def imagenet_checkpoint_path(name: str) -> Path:
+    """Where torchvision's IMAGENET1K_V1 file for ``name`` sits in the torch hub cache (it may not exist)."""
+    url = torchvision.models.get_model_weights(_check_arch(name)).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def build_trunk(
+    name: str = "resnet34", *, pretrained: str | None = None, in_chans: int = 3, num_classes: int = 1000
+) -> ResNetTrunk:
+    """Build a `ResNetTrunk` and optionally load ImageNet weights, never downloading anything.
+
+    ``pretrained``:
+      * None or 'none': torchvision's random init.
+      * 'imagenet': torchvision's IMAGENET1K_V1 file, read from ``torch.hub.get_dir()/checkpoints/<file>`` (e.g.
+        ``resnet34-b627a593.pth``; the legacy ``resnet34-333f7ec4.pth`` of the same weights is accepted too). If it is
+        not there, `FparError` says which file to place where.
+      * any other string: a local file with a torchvision-format state dict (optionally nested under 'state_dict'
+        or 'model', optional 'module.' prefix).
+
+    With ``in_chans != 3`` the RGB conv1 is adapted by `adapt_input_conv`; with ``num_classes`` different from the
+    checkpoint's fc, the fc keeps its init and a warning is logged.
+    """
+    trunk = ResNetTrunk(name, in_chans=in_chans, num_classes=num_classes)
+    if pretrained is None or str(pretrained).strip().lower() in ("", "none"):
+        return trunk
+
+    if str(pretrained).strip().lower() == "imagenet":
+        path = imagenet_checkpoint_path(name)
+        if not path.is_file():
+            legacy = path.parent / _LEGACY_IMAGENET_FILES[name]
+            if legacy.is_file():
+                path = legacy
+            else:
+                url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+                raise FparError(
+                    f"ImageNet weights for {name} are not in the torch hub cache: place {path.name} (from {url}) at "
+                    f"{path}, or pass a local weights file path, or pretrained=none (this tool never downloads)"
+                )
+        source = f"ImageNet weights {path}"
+    else:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            url = torchvision.models.get_model_weights(name).IMAGENET1K_V1.url
+            raise FparError(
+                f"pretrained weights file not found: {path}; copy a torchvision {name} state dict there "
+                f"(e.g. {Path(url).name} from {url}), or use pretrained=imagenet (hub cache) or none"
+            )
+        source = f"pretrained weights {path}"
+
+    load_torchvision_state_dict(trunk, _torch_load(path), source=source)
+    logger.info("loaded %s into %s (in_chans=%d, num_classes=%d)", source, name, in_chans, num_classes)
+    return trunk

@@ -1,0 +1,70 @@
+"""Class-activation-map (CAM) spatial attention of Ego-RNN (reference-spec §1.2).
+
+For every frame the backbone's own ImageNet classifier picks a "winning" class c* (argmax of its 1000 logits; not a
+GTEA class). The CAM of that class over the final feature map, softmaxed over the h*w positions, is the attention map.
+
+Why the attention multiplies the *no-BN* features: the original code (``objectAttentionModelConvLSTM.py`` with the
+``noBN`` ResNet) computes the CAM from ``feature_conv`` (the normal block output, relu(bn2(c) + x)), because that is
+what the ImageNet ``fc`` was trained on, so the class weights only make sense on it; but it multiplies the map into
+``feature_convNBN`` (c + x, no bn2, no ReLU), and that is what the ConvLSTM sees. We keep this split to be faithful:
+swapping in the BN features changes the ConvLSTM input (non-negative, batch-normalised scale instead of the signed raw
+residual sum) and so the reported numbers. The reference gives no reason beyond the code itself.
+
+Gradients: the argmax is not differentiable, so the logits are computed without autograd. ``fc_weight`` gets a
+gradient through the selected CAM rows (so training ``fc`` in stage 2 changes the attention); ``fc_bias`` only enters
+the argmax and gets none. ``features_bn`` gets a gradient through the CAM, ``features_nobn`` through the product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def cam_attention(
+    features_bn: Tensor, features_nobn: Tensor, fc_weight: Tensor, fc_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CAM attention for one frame of a batch.
+
+    Args:
+        features_bn: (B, C, h, w) BN+ReLU features of the last block (what the fc classifies).
+        features_nobn: (B, C, h, w) no-BN features of the same block (what gets attended).
+        fc_weight: (K, C) classifier weight (ImageNet fc: K = 1000). Read at call time, so training it matters.
+        fc_bias: (K,) or None; used only to pick the winning class.
+
+    Returns:
+        attended: (B, C, h, w) = features_nobn * attn (broadcast over channels).
+        attn_map: (B, 1, h, w), non-negative, sums to 1 over the h*w positions of each sample.
+        winning_class: (B,) int64, argmax of avgpool(features_bn) @ fc_weight.T + fc_bias (first index on ties).
+    """
+    if features_bn.dim() != 4 or features_bn.shape != features_nobn.shape:
+        raise ValueError(
+            f"features_bn and features_nobn must both be (B, C, h, w) of the same shape, "
+            f"got {tuple(features_bn.shape)} and {tuple(features_nobn.shape)}"
+        )
+    b, c, h, w = features_bn.shape
+    if fc_weight.dim() != 2 or fc_weight.shape[1] != c:
+        raise ValueError(f"fc_weight must be (K, {c}), got {tuple(fc_weight.shape)}")
+
+    with torch.no_grad():  # only the argmax of these logits is used, and it has no gradient
+        logits = F.linear(features_bn.mean(dim=(2, 3)), fc_weight, fc_bias)  # (B, K)
+        winning = logits.argmax(dim=1)  # (B,)
+
+    class_w = fc_weight[winning]  # (B, C): differentiable w.r.t. fc_weight
+    cam = torch.bmm(class_w.unsqueeze(1), features_bn.reshape(b, c, h * w))  # (B, 1, h*w)
+    attn = F.softmax(cam.squeeze(1), dim=1)  # (B, h*w): probability over positions
+    attn = attn.reshape(b, 1, h, w)  # (B, 1, h, w)
+    attended = features_nobn * attn  # (B, C, h, w)
+    return attended, attn, winning
+
+
+class CAMAttention(nn.Module):
+    """Module wrapper of `cam_attention` that reads the classifier's parameters at call time.
+
+    ``forward(features_bn, features_nobn, fc)`` with ``fc`` the backbone's ``nn.Linear`` classifier; returns
+    ``(attended, attn_map, winning_class)``. Holds no parameters of its own (so the fc is not registered twice).
+    """
+
+    def forward(self, features_bn: Tensor, features_nobn: Tensor, fc: nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
+        return cam_attention(features_bn, features_nobn, fc.weight, fc.bias)

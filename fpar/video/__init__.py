@@ -1,0 +1,1 @@
+"""Video decoding, optical / warp flow, motion maps and dataset preparation (``fpar.video``)."""

@@ -1,0 +1,590 @@
+"""Turn raw videos (or frame folders) into the GTEA61 course layout that fpar trains on.
+
+Output under ``out`` (N frames per video; 4-digit 1-based frame numbers, 5-digit 1-based flow numbers)::
+
+    <frames_dir>/<subject>/<class>/<instance>/rgb/rgb0001.png ... rgbNNNN.png     RGB, shorter side = short_side
+    <frames_dir>/<subject>/<class>/<instance>/mmaps/map0001.png ... mapNNNN.png   binary motion maps {0, 255}, mode L
+    flow_x_processed/<subject>/<class>/<instance>/flow_x_00001.png ...            N-1 warp flows (x), 8-bit grey
+    flow_y_processed/<subject>/<class>/<instance>/flow_y_00001.png ...            N-1 warp flows (y)
+
+Flow k is the warp flow (camera motion removed, see :mod:`fpar.video.flow`) from frame k to frame k+1, encoded with
+:func:`fpar.video.flowcodec.encode_flow`. Map k is the motion map of flow k; the last frame reuses map N-1.
+
+Robustness:
+
+* every video is written into ``out/.fpar-tmp/<id>/`` and renamed into place only when complete, so an interrupted
+  run never leaves a partially written instance folder (the folders are replaced flows first, frames last);
+* finished videos are recorded in ``out/.fpar-prepare.json`` (rewritten atomically after each one) with their source
+  fingerprint and settings; a later call skips them when nothing changed and their files are all there;
+* a failing video is logged and listed in the summary, the others go on;
+* ``out/.fpar-prepare.lock`` stops two runs from writing into the same ``out`` at once.
+
+Hidden paths (``.fpar-*``) are ignored by the dataset loader, so none of this bookkeeping shows up as data.
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpar.errors import FparError
+from fpar.utils import atomic_write_json
+from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
+
+__all__ = ["prepare", "discover", "Job", "MANIFEST_NAME", "LOCK_NAME", "TMP_NAME", "MMAP_THRESH"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = ".fpar-prepare.json"
+LOCK_NAME = ".fpar-prepare.lock"
+TMP_NAME = ".fpar-tmp"
+MANIFEST_VERSION = 1
+FLOW_X_DIR, FLOW_Y_DIR = "flow_x_processed", "flow_y_processed"
+MMAP_THRESH = 1.0  # px of warp-flow magnitude above which a pixel counts as moving (see flow.motion_map)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input video (or frame folder) and where it goes: ``<subject>/<class>/<instance>``."""
+
+    source: str  # absolute path of the video file or frame folder
+    subject: str
+    cls: str
+    instance: str
+    start: float | None = None  # seconds (videos only)
+    end: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.subject}/{self.cls}/{self.instance}"
+
+    @property
+    def is_frames(self) -> bool:
+        return Path(self.source).is_dir()
+
+
+# ----------------------------------------------------------------------------------------------- input discovery
+
+
+def _check_name(value: str, what: str, where: str) -> str:
+    value = str(value).strip()
+    if not value or value in (".", "..") or "/" in value or "\\" in value or value.startswith(".") or "(" in value:
+        raise FparError(
+            f"{where}: invalid {what} name {value!r}; use a non-empty name without '/', '\\\\', '(' or a leading '.'"
+        )
+    return value
+
+
+def _frame_source(folder: Path) -> Path:
+    """A frame folder may hold its images directly or in an ``rgb/`` subfolder (an existing course layout)."""
+    if not list_frame_files(folder) and (folder / "rgb").is_dir():
+        return folder / "rgb"
+    return folder
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _discover_folder(root: Path) -> list[Job]:
+    jobs: list[Job] = []
+    seen: dict[str, Path] = {}
+    for subj in sorted(filter(_visible, root.iterdir())):
+        if not subj.is_dir():
+            log.warning("ignoring %s: expected VIDEOS/<subject>/<class>/<instance>.<ext>", subj)
+            continue
+        for cls in sorted(filter(_visible, subj.iterdir())):
+            if not cls.is_dir():
+                log.warning("ignoring %s: expected VIDEOS/<subject>/<class>/<instance>.<ext>", cls)
+                continue
+            for item in sorted(filter(_visible, cls.iterdir())):
+                if item.is_dir():
+                    source, instance = _frame_source(item), item.name
+                elif item.suffix.lower() in VIDEO_EXTENSIONS:
+                    source, instance = item, item.stem
+                else:
+                    log.debug("ignoring %s: not a video file (%s) or frame folder", item, " ".join(VIDEO_EXTENSIONS))
+                    continue
+                job = Job(
+                    str(source.resolve()),
+                    _check_name(subj.name, "subject", str(subj)),
+                    _check_name(cls.name, "class", str(cls)),
+                    _check_name(instance, "instance", str(item)),
+                )
+                if job.key in seen:
+                    raise FparError(
+                        f"{item} and {seen[job.key]} would both become instance {job.key}; rename one of them"
+                    )
+                seen[job.key] = item
+                jobs.append(job)
+    return jobs
+
+
+def _parse_seconds(value: str | None, column: str, where: str) -> float | None:
+    if value is None or not str(value).strip():
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        raise FparError(
+            f"{where}: {column}={value!r} is not a number of seconds; write e.g. 12.5 or leave it empty"
+        ) from None
+    if not np.isfinite(x) or x < 0:
+        raise FparError(f"{where}: {column}={value!r} must be a finite number of seconds >= 0")
+    return x
+
+
+def _discover_csv(csv_path: Path, fallback_dir: Path | None) -> list[Job]:
+    if not csv_path.is_file():
+        raise FparError(f"CSV file not found: {csv_path}; give a CSV with header video,subject,class[,start,end]")
+    base = csv_path.parent
+    jobs: list[Job] = []
+    counters: dict[tuple[str, str], int] = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = _csv.DictReader(fh)
+        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("video", "subject", "class") if c not in header]
+        if missing:
+            raise FparError(
+                f"{csv_path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'no header'}); "
+                "the first line must be video,subject,class[,start,end]"
+            )
+        reader.fieldnames = header
+        for row in reader:
+            where = f"{csv_path} line {reader.line_num}"
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # blank line
+            video = (row.get("video") or "").strip()
+            if not video:
+                raise FparError(f"{where}: empty `video` cell; give a video path (relative to the CSV's folder)")
+            p = Path(video).expanduser()
+            if not p.is_absolute():
+                p = base / p
+                if not p.exists() and fallback_dir is not None and (fallback_dir / video).exists():
+                    p = fallback_dir / video
+            subject = _check_name(row.get("subject") or "", "subject", where)
+            cls = _check_name(row.get("class") or "", "class", where)
+            start = _parse_seconds(row.get("start"), "start", where)
+            end = _parse_seconds(row.get("end"), "end", where)
+            if start is not None and end is not None and end <= start:
+                raise FparError(f"{where}: end={end} is not after start={start}; give end > start (seconds)")
+            n = counters[(subject, cls)] = counters.get((subject, cls), 0) + 1
+            jobs.append(Job(str(p.resolve()), subject, cls, str(n), start, end))
+    return jobs
+
+
+def discover(videos: str | os.PathLike | None, *, csv: str | os.PathLike | None = None) -> list[Job]:
+    """The jobs described by a ``VIDEOS/<subject>/<class>/<instance>[.<ext>]`` folder or a CSV.
+
+    ``videos`` may itself be a ``.csv`` file. With ``csv`` given, relative video paths are resolved against the CSV's
+    folder (then against ``videos`` when that is a folder and the file is not found next to the CSV). Instances of a
+    CSV are numbered 1, 2, ... per (subject, class) in CSV order.
+    """
+    if csv is None and videos is not None and Path(videos).suffix.lower() == ".csv":
+        videos, csv = None, videos
+    if csv is not None:
+        fallback = Path(videos) if videos is not None and Path(videos).is_dir() else None
+        jobs = _discover_csv(Path(csv), fallback)
+        if not jobs:
+            raise FparError(f"{csv} lists no videos; add rows video,subject,class[,start,end] under the header")
+        return jobs
+    if videos is None:
+        raise FparError("nothing to prepare; give a videos folder or a CSV")
+    root = Path(videos)
+    if root.is_file():
+        raise FparError(
+            f"{root} is a file; give a folder VIDEOS/<subject>/<class>/<instance>.<ext> or a CSV (video,subject,class)"
+        )
+    if not root.is_dir():
+        raise FparError(f"videos folder not found: {root}; give VIDEOS/<subject>/<class>/<instance>.<ext> or a CSV")
+    jobs = _discover_folder(root)
+    if not jobs:
+        raise FparError(
+            f"no videos found in {root}; expected VIDEOS/<subject>/<class>/<instance>.<ext> (video files) or "
+            "VIDEOS/<subject>/<class>/<instance>/ (frame folders)"
+        )
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------------- bookkeeping
+
+
+def _fingerprint(job: Job) -> dict[str, Any]:
+    """Cheap identity of the source: size and mtime (file) or count / total size / newest mtime (frame folder)."""
+    p = Path(job.source)
+    try:
+        if p.is_dir():
+            stats = [f.stat() for f in list_frame_files(p)]
+            return {
+                "files": len(stats),
+                "size": sum(s.st_size for s in stats),
+                "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+            }
+        st = p.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except (OSError, FparError):
+        return {"missing": True}
+
+
+def _count(folder: Path, prefix: str) -> int:
+    try:
+        return sum(1 for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(".png"))
+    except OSError:
+        return -1
+
+
+def _outputs_complete(root: Path, frames_dir: str, key: str, n: int) -> bool:
+    inst = root / frames_dir / key
+    return (
+        _count(inst / "rgb", "rgb") == n
+        and _count(inst / "mmaps", "map") == n
+        and _count(root / FLOW_X_DIR / key, "flow_x_") == n - 1
+        and _count(root / FLOW_Y_DIR / key, "flow_y_") == n - 1
+    )
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    import json
+
+    empty = {"version": MANIFEST_VERSION, "videos": {}}
+    if not path.exists():
+        return empty
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("videos"), dict):
+            raise ValueError("unexpected structure")
+        return data
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s (%s): every video will be prepared again", path, e)
+        return empty
+
+
+class _Lock:
+    """An exclusive ``out/.fpar-prepare.lock`` (pid@host); a lock left by a dead process on this host is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.held = False
+
+    def __enter__(self) -> _Lock:
+        me = f"{os.getpid()}@{socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
+                pid, _, host = owner.partition("@")
+                if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                    log.warning("removing stale lock %s left by dead process %s", self.path, pid)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise FparError(
+                    f"another prepare ({owner or 'unknown process'}) is writing to {self.path.parent}; wait for it to "
+                    f"finish, or delete {self.path} if it is no longer running"
+                ) from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me + "\n")
+            self.held = True
+            return self
+        raise FparError(f"could not take the lock {self.path}; delete it if no prepare is running")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # Linux: a killed process whose parent has not reaped it yet is a zombie, i.e. dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ----------------------------------------------------------------------------------------------- one video
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"PNG encoding failed for {path}")
+    with open(path, "wb") as fh:
+        fh.write(buf.tobytes())
+
+
+def _frames(job: Job, fps: float | None, short_side: int | None) -> Iterator[np.ndarray]:
+    if job.is_frames:
+        if job.start is not None or job.end is not None:
+            raise FparError(f"{job.source} is a frame folder: start/end (seconds) only apply to video files")
+        if fps is not None:
+            log.info("%s is a frame folder: fps=%s ignored (frames are used as they are)", job.source, fps)
+        return iter_frame_folder(job.source, short_side=short_side)
+    return iter_video(job.source, fps=fps, short_side=short_side, start=job.start, end=job.end)
+
+
+def _replace_dir(src: Path, dest: Path, trash: Path) -> None:
+    """Move the finished ``src`` folder to ``dest``, moving an older ``dest`` out of the way first (same filesystem)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        os.replace(dest, trash)
+    os.replace(src, dest)
+
+
+def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Prepare one video; never raises (spawn workers must return picklable results). Returns a result record."""
+    import cv2
+
+    from fpar.video.flow import motion_map, to_grey, warp_flow
+    from fpar.video.flowcodec import encode_flow
+
+    t0 = time.perf_counter()
+    out = Path(root)
+    tmp = out / TMP_NAME / uuid.uuid4().hex
+    try:
+        frames_tmp, fx_tmp, fy_tmp = tmp / "frames", tmp / "flow_x", tmp / "flow_y"
+        rgb_dir, map_dir = frames_tmp / "rgb", frames_tmp / "mmaps"
+        for d in (rgb_dir, map_dir, fx_tmp, fy_tmp):
+            d.mkdir(parents=True)
+        n = 0
+        prev_grey = last_map = None
+        for rgb in _frames(job, settings["fps"], settings["short_side"]):
+            n += 1
+            _write_png(rgb_dir / f"rgb{n:04d}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            grey = to_grey(rgb)
+            if prev_grey is not None:
+                wf = warp_flow(prev_grey, grey, settings["flow_method"])  # flow n-1 -> n, (H, W, 2)
+                _write_png(fx_tmp / f"flow_x_{n - 1:05d}.png", encode_flow(wf[..., 0]))
+                _write_png(fy_tmp / f"flow_y_{n - 1:05d}.png", encode_flow(wf[..., 1]))
+                last_map = motion_map(wf, settings["mmap_thresh"])
+                _write_png(map_dir / f"map{n - 1:04d}.png", last_map)
+            prev_grey = grey
+        if n < 2:
+            span = "" if job.start is None and job.end is None else f" between start={job.start} and end={job.end} s"
+            raise FparError(
+                f"{job.source}: {n} frame(s) decoded{span}; optical flow needs at least 2, check the file / time range"
+            )
+        _write_png(map_dir / f"map{n:04d}.png", last_map)  # the last frame has no outgoing flow: reuse map n-1
+        # Commit: flows first, frames last (the rgb folder is what makes an instance visible to the loader).
+        _replace_dir(fx_tmp, out / FLOW_X_DIR / job.key, tmp / "old_flow_x")
+        _replace_dir(fy_tmp, out / FLOW_Y_DIR / job.key, tmp / "old_flow_y")
+        _replace_dir(frames_tmp, out / settings["frames_dir"] / job.key, tmp / "old_frames")
+        return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0}
+    except Exception as e:  # reported per video; the run goes on
+        msg = str(e) if isinstance(e, FparError) else f"{type(e).__name__}: {e}"
+        return {"key": job.key, "ok": False, "error": msg, "traceback": traceback.format_exc()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worker_init() -> None:
+    # One process per core: OpenCV's own thread pool would oversubscribe the CPUs.
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def prepare(
+    videos: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    csv: str | os.PathLike | None = None,
+    fps: float | None = None,
+    short_side: int | None = 256,
+    flow_method: str = "tvl1",
+    workers: int = 1,
+    frames_dir: str = "processed_frames2",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode videos, resize frames, compute warp flows and motion maps, and write the course layout under ``out``.
+
+    Args:
+        videos: ``VIDEOS/<subject>/<class>/<instance>.<ext>`` (video files) and/or
+            ``VIDEOS/<subject>/<class>/<instance>/`` (frame folders), or a ``.csv`` file (see ``csv``).
+        out: dataset root to write (created if needed).
+        csv: CSV with header ``video,subject,class[,start,end]``; video paths absolute or relative to the CSV's folder,
+            start/end in seconds; instances are numbered 1, 2, ... per subject/class in CSV order.
+        fps: resample videos to this frame rate (None keeps the native rate).
+        short_side: resize frames so the shorter side is this many pixels (None keeps the size).
+        flow_method: ``"tvl1"`` (reference quality, slow), ``"dis"`` (fast) or ``"farneback"``.
+        workers: number of processes (spawn start method; a calling script needs the usual
+            ``if __name__ == "__main__":`` guard); 1 runs in this process.
+        frames_dir: name of the folder holding ``rgb/`` and ``mmaps/``.
+        progress: show a tqdm progress bar (on stderr).
+
+    Returns:
+        ``{"root", "videos", "processed": [keys], "skipped": [keys], "failed": [{"key", "source", "error"}],
+        "frames", "seconds", "flow_method", "manifest"}``, where ``frames`` counts the frames written by this call.
+
+    Raises:
+        FparError: bad inputs (missing folder / CSV, bad CSV, bad names, unknown flow method) or another prepare
+        holding ``out``. A video that fails to decode or process is reported in ``failed`` instead.
+    """
+    from fpar.video.flow import FLOW_METHODS
+
+    if flow_method not in FLOW_METHODS:
+        raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
+    if short_side is not None and int(short_side) <= 0:
+        raise FparError(f"short_side={short_side} must be a positive number of pixels (or None to keep the size)")
+    if fps is not None and not fps > 0:
+        raise FparError(f"fps={fps} must be positive (or None to keep the native frame rate)")
+    if int(workers) < 1:
+        raise FparError(f"workers={workers} must be >= 1")
+    frames_dir = _check_name(frames_dir, "frames_dir", "prepare()")
+    if flow_method == "tvl1":
+        from fpar.video.flow import _flow_object
+
+        _flow_object("tvl1")  # fail fast (clear FparError) when OpenCV lacks the contrib modules
+
+    jobs = discover(videos, csv=csv)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    settings = {
+        "fps": fps,
+        "short_side": None if short_side is None else int(short_side),
+        "flow_method": flow_method,
+        "mmap_thresh": MMAP_THRESH,
+        "frames_dir": frames_dir,
+        "flow_bound": 20.0,
+    }
+    t_start = time.perf_counter()
+    summary: dict[str, Any] = {
+        "root": str(root),
+        "videos": len(jobs),
+        "processed": [],
+        "skipped": [],
+        "failed": [],
+        "frames": 0,
+        "seconds": 0.0,
+        "flow_method": flow_method,
+        "manifest": str(root / MANIFEST_NAME),
+    }
+    with _Lock(root / LOCK_NAME):
+        shutil.rmtree(root / TMP_NAME, ignore_errors=True)  # leftovers of an interrupted run (we hold the lock)
+        manifest_path = root / MANIFEST_NAME
+        manifest = _load_manifest(manifest_path)
+        manifest["version"] = MANIFEST_VERSION
+        done: dict[str, Any] = manifest["videos"]
+
+        todo: list[tuple[Job, dict[str, Any]]] = []
+        for job in jobs:
+            record = {
+                "source": job.source,
+                "start": job.start,
+                "end": job.end,
+                "fingerprint": _fingerprint(job),
+                "settings": settings,
+            }
+            old = done.get(job.key)
+            if (
+                old is not None
+                and all(old.get(k) == v for k, v in record.items())
+                and _outputs_complete(root, frames_dir, job.key, int(old.get("frames", -1)))
+            ):
+                summary["skipped"].append(job.key)
+            else:
+                if old is not None:
+                    log.info("%s changed (source, range, settings or files): preparing it again", job.key)
+                todo.append((job, record))
+        log.info(
+            "prepare: %d video(s), %d already done, %d to do -> %s", len(jobs), len(summary["skipped"]), len(todo), root
+        )
+
+        def finish(job: Job, record: dict[str, Any], result: dict[str, Any]) -> None:
+            if result["ok"]:
+                done[job.key] = {
+                    **record,
+                    "frames": result["frames"],
+                    "seconds": round(result["seconds"], 3),
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                }
+                atomic_write_json(manifest_path, manifest)  # after every video: an interruption loses at most one
+                summary["processed"].append(job.key)
+                summary["frames"] += result["frames"]
+            else:
+                log.error("failed to prepare %s (%s): %s", job.key, job.source, result["error"])
+                if result.get("traceback"):
+                    log.debug("%s", result["traceback"])
+                summary["failed"].append({"key": job.key, "source": job.source, "error": result["error"]})
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(summary["skipped"]), unit="video", disable=not progress, desc="prepare")
+        try:
+            if workers == 1 or len(todo) <= 1:
+                for job, record in todo:
+                    bar.set_postfix_str(job.key, refresh=False)
+                    finish(job, record, _process(job, str(root), settings))
+                    bar.update(1)
+            else:
+                _run_pool(todo, root, settings, int(workers), finish, bar)
+        finally:
+            bar.close()
+            shutil.rmtree(root / TMP_NAME, ignore_errors=True)
+    order = {job.key: i for i, job in enumerate(jobs)}  # report in input order, not completion order
+    summary["processed"].sort(key=order.__getitem__)
+    summary["failed"].sort(key=lambda f: order[f["key"]])
+    summary["seconds"] = round(time.perf_counter() - t_start, 3)
+    if summary["failed"]:
+        log.warning(
+            "prepare: %d of %d video(s) failed; fix them and run again (finished ones are skipped)",
+            len(summary["failed"]),
+            len(jobs),
+        )
+    return summary
+
+
+def _run_pool(todo, root: Path, settings, workers: int, finish, bar) -> None:
+    ctx = mp.get_context("spawn")  # fork is unsafe with OpenCV / torch threads; spawn behaves the same everywhere
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
+        pending = {pool.submit(_process, job, str(root), settings): (job, record) for job, record in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job, record = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        result = {
+                            "key": job.key,
+                            "ok": False,
+                            "error": "a worker process died (out of memory?); run again with fewer workers",
+                        }
+                    except Exception as e:  # e.g. an unpicklable result: keep going
+                        result = {"key": job.key, "ok": False, "error": f"{type(e).__name__}: {e}"}
+                    finish(job, record, result)
+                    bar.update(1)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise

@@ -1,4 +1,5 @@
-from fpar.cli import main
 import sys
+
+from fpar.cli import main
 
 sys.exit(main())

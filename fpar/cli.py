@@ -10,14 +10,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .errors import FparError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check, synth, show.")
 app.add_typer(data_app, name="data")
 
@@ -48,8 +51,15 @@ def data_check(
     """Scan a dataset: videos per subject and split, classes, frame counts and every problem found."""
     from .data.check import check_dataset, format_report
 
-    r = check_dataset(root, frames=frames, flow_stack=flow_stack, train=train_subjects.split(","),
-                      test=test_subjects.split(","), frames_dir=frames_dir, decode=not no_decode)  # fmt: skip
+    r = check_dataset(
+        root,
+        frames=frames,
+        flow_stack=flow_stack,
+        train=train_subjects.split(","),
+        test=test_subjects.split(","),
+        frames_dir=frames_dir,
+        decode=not no_decode,
+    )
     typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
     if not r["usable"]:
         raise FparError(f"{root} is not usable for training: it needs usable videos in both the train and test split")
@@ -75,7 +85,7 @@ def data_synth(
 def data_show(
     root: str = typer.Argument(...),
     video: str = typer.Argument(..., help="SUBJECT/CLASS/INSTANCE, e.g. S2/take_cup/1"),
-    out: Optional[str] = typer.Option(None, "--out", help="PNG path (default: <video>.png here)"),
+    out: str | None = typer.Option(None, "--out", help="PNG path (default: <video>.png here)"),
     frames: int = typer.Option(5, "--frames"),
     transformed: bool = typer.Option(False, "--transformed", help="after the test transform (what the model sees)"),
     train: bool = typer.Option(False, "--train", help="with --transformed: a random training transform"),
@@ -91,8 +101,16 @@ def data_show(
     manifest = discover(root)
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
-    p = show_video(manifest, i, out, frames=frames, cfg=DataConfig(input_size=input_size, scale_size=scale_size),
-                   transformed=transformed, train=train, seed=seed)  # fmt: skip
+    p = show_video(
+        manifest,
+        i,
+        out,
+        frames=frames,
+        cfg=DataConfig(input_size=input_size, scale_size=scale_size),
+        transformed=transformed,
+        train=train,
+        seed=seed,
+    )
     typer.echo(f"wrote {p}")
 
 
@@ -102,9 +120,9 @@ def data_show(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
-    config: Optional[str] = typer.Argument(None, help="YAML recipe, e.g. configs/ego_rnn_stage1.yaml"),
-    overrides: Optional[list[str]] = typer.Argument(None, help="dotted key=value overrides"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="continue an interrupted run folder"),
+    config: str | None = typer.Argument(None, help="YAML recipe, e.g. configs/ego_rnn_stage1.yaml"),
+    overrides: list[str] | None = typer.Argument(None, help="dotted key=value overrides"),
+    resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ):
     """Train one stage: `fpar train CONFIG key=value ...` or `fpar train --resume RUN_DIR`."""
@@ -127,9 +145,11 @@ def train(
 
 
 def _summary_line(s: dict) -> str:
-    line = (f"{s['name']}: best top-1 {s['best_top1']:.2f}% at epoch {s['best_epoch']} (final {s['final_top1']:.2f}%, "
-            f"top-5 {s['top5']:.2f}%, mean class {s['mean_class_acc']:.2f}%) on {s['videos']} videos, "
-            f"selected on {s['select_on']}; run folder {s['run']}")  # fmt: skip
+    line = (
+        f"{s['name']}: best top-1 {s['best_top1']:.2f}% at epoch {s['best_epoch']} (final {s['final_top1']:.2f}%, "
+        f"top-5 {s['top5']:.2f}%, mean class {s['mean_class_acc']:.2f}%) on {s['videos']} videos, "
+        f"selected on {s['select_on']}; run folder {s['run']}"
+    )
     if s.get("test_top1") is not None:
         line += f"; test top-1 at the selected epoch {s['test_top1']:.2f}%"
     return line
@@ -138,19 +158,18 @@ def _summary_line(s: dict) -> str:
 @app.command("eval")
 def eval_cmd(
     run: str = typer.Argument(..., help="run folder or checkpoint"),
-    data: Optional[str] = typer.Option(None, "--data", help="dataset root (default: the run's)"),
+    data: str | None = typer.Option(None, "--data", help="dataset root (default: the run's)"),
     which: str = typer.Option("best", "--which", help="best | last"),
-    subjects: Optional[str] = typer.Option(None, "--subjects", help="comma-separated subjects (default: test split)"),
+    subjects: str | None = typer.Option(None, "--subjects", help="comma-separated subjects (default: test split)"),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """Evaluate a trained run on the test subjects (top-1, top-5, mean class accuracy)."""
     from .config import from_dict
     from .data.dataset import ClipDataset
     from .data.layout import discover
-    from .engine.build import modalities
+    from .engine.build import modalities, model_from_checkpoint
     from .engine.checkpoint import load_checkpoint
     from .engine.trainer import evaluate, make_loader, pick_device
-    from .engine.build import model_from_checkpoint
 
     _threads()
     ckpt = load_checkpoint(run, which)
@@ -159,8 +178,10 @@ def eval_cmd(
         cfg.data.root = data
     manifest = discover(cfg.data.root, frames_dir=cfg.data.frames_dir)
     if list(manifest.classes) != list(ckpt["classes"]):
-        raise FparError(f"{cfg.data.root} has {len(manifest.classes)} classes that differ from the "
-                        f"{len(ckpt['classes'])} this model was trained on")  # fmt: skip
+        raise FparError(
+            f"{cfg.data.root} has {len(manifest.classes)} classes that differ from the "
+            f"{len(ckpt['classes'])} this model was trained on"
+        )
     subs = subjects.split(",") if subjects else cfg.data.test_subjects
     ds = ClipDataset(manifest, manifest.select(subs), cfg.data, modalities=modalities(cfg), train=False)
     device = pick_device(cfg.train.device)
@@ -171,15 +192,17 @@ def eval_cmd(
     if json_out:
         typer.echo(json.dumps(m, indent=2))
     else:
-        typer.echo(f"{ckpt['path']} (epoch {m['epoch']}) on {','.join(subs)}: top-1 {m['top1']:.2f}%  top-5 "
-                   f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%  verb {m['verb_acc']:.2f}%  noun "
-                   f"{m['noun_acc']:.2f}%  ({m['videos']} videos)")  # fmt: skip
+        typer.echo(
+            f"{ckpt['path']} (epoch {m['epoch']}) on {','.join(subs)}: top-1 {m['top1']:.2f}%  top-5 "
+            f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%  verb {m['verb_acc']:.2f}%  noun "
+            f"{m['noun_acc']:.2f}%  ({m['videos']} videos)"
+        )
 
 
 @app.command("config")
 def config_cmd(
-    config: Optional[str] = typer.Argument(None),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    config: str | None = typer.Argument(None),
+    overrides: list[str] | None = typer.Argument(None),
     keys: bool = typer.Option(False, "--keys", help="list every valid key"),
 ):
     """Print the resolved config (defaults + file + overrides), or every valid key."""
@@ -195,8 +218,8 @@ def config_cmd(
 
 @app.command("model-params")
 def model_params(
-    config: Optional[str] = typer.Argument(None),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    config: str | None = typer.Argument(None),
+    overrides: list[str] | None = typer.Argument(None),
     num_classes: int = typer.Option(61, "--num-classes"),
 ):
     """List parameter names (for train.trainable patterns) and which the config trains."""
@@ -217,9 +240,9 @@ def model_params(
 def cam(
     run: str = typer.Argument(..., help="run folder or checkpoint (Ego-RNN or two-stream)"),
     video: str = typer.Argument(..., help="SUBJECT/CLASS/INSTANCE"),
-    out: Optional[str] = typer.Option(None, "--out", help="PNG path"),
-    data: Optional[str] = typer.Option(None, "--data"),
-    compare: Optional[str] = typer.Option(None, "--compare", help="another run whose CAM is shown beside"),
+    out: str | None = typer.Option(None, "--out", help="PNG path"),
+    data: str | None = typer.Option(None, "--data"),
+    compare: str | None = typer.Option(None, "--compare", help="another run whose CAM is shown beside"),
 ):
     """CAM overlays for a video (Figures 10-11); for MS models also predicted and true motion maps."""
     from . import load_run
@@ -248,8 +271,18 @@ def pretrain(
     from .engine.pretrain import pretrain_backbone
 
     _threads()
-    r = pretrain_backbone(root, out, arch=arch, target=target, input_size=input_size, scale_size=scale_size,
-                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)  # fmt: skip
+    r = pretrain_backbone(
+        root,
+        out,
+        arch=arch,
+        target=target,
+        input_size=input_size,
+        scale_size=scale_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+    )
     typer.echo(f"wrote {r['path']}: frame accuracy train {r['train_acc']:.1f}%, test {r['test_acc']:.1f}%")
 
 

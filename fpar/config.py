@@ -305,11 +305,21 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Defaults, then the YAML file (and the files it ``extends``), then ``key=value`` overrides."""
+    """Defaults, then the YAML file (and the files it ``extends``), then ``key=value`` overrides.
+
+    ``${key}`` interpolations (OmegaConf) are resolved against the merged defaults and files.
+    """
     cfg = ExperimentConfig()
     if path is not None:
-        for p in _extends_chain(Path(path)):
-            cfg = from_dict(_read_yaml(p), str(p), cfg)
+        chain = _extends_chain(Path(path))
+        layers = [OmegaConf.create(to_dict(cfg))] + [OmegaConf.create(_read_yaml(p)) for p in chain]
+        try:
+            merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+        except OmegaConfBaseException as e:
+            raise FparError(f"config file {path}: {str(e).splitlines()[0]}") from None
+        for p in chain:  # an unknown key is reported against the file that wrote it
+            _check_keys(_read_yaml(p), str(p))
+        cfg = from_dict(merged, str(path), cfg)
     for text in overrides:
         key, value = parse_override(text)
         _apply(cfg, key, value, "the command line")
@@ -317,18 +327,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def _check_keys(d: dict[str, Any], source: str) -> None:
+    known = set(valid_keys())
+    for key, _ in _flatten(d):
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            raise _unknown_key(key, source)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FparError(f"config file {path} not found; give a YAML file such as configs/ego_rnn_stage1.yaml")
     try:
-        # OmegaConf resolves ${...} interpolations inside one recipe file (e.g. eval_batch_size: ${train.batch_size})
-        data = OmegaConf.to_container(OmegaConf.create(yaml.safe_load(path.read_text()) or {}), resolve=True)
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
         raise FparError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
-    except OmegaConfBaseException as e:
-        raise FparError(f"config file {path}: {e}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise FparError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     data.pop("extends", None)
@@ -374,8 +388,8 @@ def validate(cfg: ExperimentConfig) -> None:
             raise FparError(f"config key '{key}' is {d[key]!r}; choose one of {', '.join(choices)}")
     if cfg.data.frames < 1 or cfg.data.flow_stack < 1:
         raise FparError("data.frames and data.flow_stack must be at least 1")
-    if cfg.data.input_size < 32 or cfg.data.input_size % 32:
-        raise FparError(f"data.input_size must be a multiple of 32 (got {cfg.data.input_size}); e.g. 224 or 112")
+    if cfg.data.input_size < 32:
+        raise FparError(f"data.input_size must be at least 32 (got {cfg.data.input_size}); the paper uses 224")
     if cfg.data.scale_size < cfg.data.input_size:
         raise FparError("data.scale_size must be at least data.input_size")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:

@@ -10,8 +10,16 @@ from .imageio import read_grey, read_mmap, read_rgb
 from .layout import Problem, check_lengths, discover, split_problems
 
 
-def check_dataset(root: str, *, frames: int = 7, flow_stack: int = 5, train: list[str] | None = None,
-                  test: list[str] | None = None, frames_dir: str = "processed_frames2", decode: bool = True) -> dict:  # fmt: skip
+def check_dataset(
+    root: str,
+    *,
+    frames: int = 7,
+    flow_stack: int = 5,
+    train: list[str] | None = None,
+    test: list[str] | None = None,
+    frames_dir: str = "processed_frames2",
+    decode: bool = True,
+) -> dict:
     """Everything `fpar data check` prints, as a dict (``--json`` prints it as is).
 
     ``decode`` opens every image (to find unreadable or truncated files); without it only names are checked.
@@ -29,14 +37,24 @@ def check_dataset(root: str, *, frames: int = 7, flow_stack: int = 5, train: lis
             problems.append(Problem("missing_subject", s, f"subject {s} of the default split has no videos", True))
     if decode:
         for v in manifest.videos:
-            for paths, reader in ((v.rgb, read_rgb), (v.flow_x, read_grey), (v.flow_y, read_grey),
-                                  (sorted(set(v.mmaps)), read_mmap)):  # fmt: skip
+            for paths, reader in (
+                (v.rgb, read_rgb),
+                (v.flow_x, read_grey),
+                (v.flow_y, read_grey),
+                (sorted(set(v.mmaps)), read_mmap),
+            ):
                 for p in paths:
                     try:
                         reader(p)
                     except FparError:
-                        problems.append(Problem("unreadable_image", os.path.relpath(p, manifest.root),
-                                                "cannot be decoded: replace or delete it", True))  # fmt: skip
+                        problems.append(
+                            Problem(
+                                "unreadable_image",
+                                os.path.relpath(p, manifest.root),
+                                "cannot be decoded: replace or delete it",
+                                True,
+                            )
+                        )
                         v.usable = False
     usable = [v for v in manifest.videos if v.usable]
     frame_counts = [v.num_frames for v in usable] or [0]
@@ -54,8 +72,11 @@ def check_dataset(root: str, *, frames: int = 7, flow_stack: int = 5, train: lis
         "classes": manifest.classes,
         "subjects": subjects,
         "splits": {"train": train, "test": test, **{f"{k}_videos": n for k, n in by_split.items()}},
-        "frames": {"min": min(frame_counts), "max": max(frame_counts),
-                   "mean": round(sum(frame_counts) / max(len(frame_counts), 1), 1)},  # fmt: skip
+        "frames": {
+            "min": min(frame_counts),
+            "max": max(frame_counts),
+            "mean": round(sum(frame_counts) / max(len(frame_counts), 1), 1),
+        },
         "problems": [asdict(p) for p in problems],
         "fatal_problems": len(fatal),
         "usable": ok,

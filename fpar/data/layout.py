@@ -117,7 +117,7 @@ class Manifest:
         h.update("\n".join(self.classes).encode())
         for v in self.videos:
             h.update(f"{v.key}|{len(v.rgb)}|{v.num_flows}|{len(v.mmaps)}|{v.usable}".encode())
-            for p in (v.rgb[:1] + v.rgb[-1:]):
+            for p in v.rgb[:1] + v.rgb[-1:]:
                 h.update(os.path.relpath(p, self.root).encode())
         return h.hexdigest()[:16]
 
@@ -130,7 +130,13 @@ class Manifest:
             "layout": self.layout,
             "classes": self.classes,
             "videos": [
-                {**asdict(v), "rgb": rel(v.rgb), "flow_x": rel(v.flow_x), "flow_y": rel(v.flow_y), "mmaps": rel(v.mmaps)}
+                {
+                    **asdict(v),
+                    "rgb": rel(v.rgb),
+                    "flow_x": rel(v.flow_x),
+                    "flow_y": rel(v.flow_y),
+                    "mmaps": rel(v.mmaps),
+                }
                 for v in self.videos
             ],
             "problems": [asdict(p) for p in self.problems],
@@ -228,7 +234,9 @@ def nearest_fill(wanted: list[int], available: dict[int, str]) -> tuple[list[str
 def detect_layout(root: Path, frames_dir: str = "processed_frames2") -> tuple[str, str]:
     """Return (layout, frames folder name)."""
     if not root.exists():
-        raise FparError(f"dataset root {root} does not exist; create one with `fpar data synth {root}` or fix data.root")
+        raise FparError(
+            f"dataset root {root} does not exist; create one with `fpar data synth {root}` or fix data.root"
+        )
     if not root.is_dir():
         raise FparError(f"dataset root {root} is not a folder")
     for name in (frames_dir, "processed_frames2", "processed_frames"):
@@ -293,7 +301,9 @@ def _read_video(root, subject, cls, inst, rgb_sub, rgb_prefix, map_sub, flow_dir
     nums = sorted(rgb)
     if nums != list(range(nums[0], nums[0] + len(nums))):
         gaps = sorted(set(range(nums[0], nums[-1] + 1)) - set(nums))[:5]
-        problems.append(Problem("missing_frames", rel, f"RGB frame numbers have gaps (e.g. {gaps}); frames used in order"))
+        problems.append(
+            Problem("missing_frames", rel, f"RGB frame numbers have gaps (e.g. {gaps}); frames used in order")
+        )
 
     # flows: same relative folder under flow_x_processed/ and flow_y_processed/
     fx = _list_numbered(root / flow_dirs[0] / subject / cls / inst.name, "flow_x_", root, problems)

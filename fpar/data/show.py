@@ -39,8 +39,17 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def show_video(manifest: Manifest, index: int, out: str | Path, *, frames: int = 5, cfg: DataConfig | None = None,
-               transformed: bool = False, train: bool = False, seed: int = 0) -> Path:  # fmt: skip
+def show_video(
+    manifest: Manifest,
+    index: int,
+    out: str | Path,
+    *,
+    frames: int = 5,
+    cfg: DataConfig | None = None,
+    transformed: bool = False,
+    train: bool = False,
+    seed: int = 0,
+) -> Path:
     """Write a PNG: one row per sampled frame, columns rgb | flow x | flow y | motion map (Figure 6).
 
     With ``transformed`` the images are what the model sees after the (test, or ``train``) transform.
@@ -84,8 +93,16 @@ def show_video(manifest: Manifest, index: int, out: str | Path, *, frames: int =
         cols = len(row)
     sheet = np.concatenate(rows, 0)
     title = np.full((24, sheet.shape[1], 3), 255, np.uint8)
-    cv2.putText(title, f"{v.key}  ({v.num_frames} frames, {m} flows, {cols} modalities)", (6, 17),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        title,
+        f"{v.key}  ({v.num_frames} frames, {m} flows, {cols} modalities)",
+        (6, 17),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     sheet = np.concatenate([title, sheet], 0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

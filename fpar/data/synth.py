@@ -50,9 +50,17 @@ def _rect(w: float, h: float) -> np.ndarray:
 
 def _bottle(w: float, h: float) -> np.ndarray:
     return np.array(
-        [[-w / 2, h / 2], [-w / 2, -h / 6], [-w / 5, -h / 3], [-w / 5, -h / 2],
-         [w / 5, -h / 2], [w / 5, -h / 3], [w / 2, -h / 6], [w / 2, h / 2]]
-    )  # fmt: skip
+        [
+            [-w / 2, h / 2],
+            [-w / 2, -h / 6],
+            [-w / 5, -h / 3],
+            [-w / 5, -h / 2],
+            [w / 5, -h / 2],
+            [w / 5, -h / 3],
+            [w / 2, -h / 6],
+            [w / 2, h / 2],
+        ]
+    )
 
 
 def _triangle(w: float, h: float) -> np.ndarray:
@@ -244,10 +252,21 @@ def scene_parts(verb: str, nouns: list[Noun], s: float, ctx: dict) -> list[Part]
 # Class lists
 
 DEMO_CLASSES = [
-    "take_cup", "put_cup", "take_cheese", "put_cheese", "take_bread", "put_bread",
-    "open_jam", "close_jam", "open_honey", "close_honey",
-    "pour_water,cup", "stir_spoon,cup", "shake_tea,cup", "spread_jam,spoon,bread",
-]  # fmt: skip
+    "take_cup",
+    "put_cup",
+    "take_cheese",
+    "put_cheese",
+    "take_bread",
+    "put_bread",
+    "open_jam",
+    "close_jam",
+    "open_honey",
+    "close_honey",
+    "pour_water,cup",
+    "stir_spoon,cup",
+    "shake_tea,cup",
+    "spread_jam,spoon,bread",
+]
 
 TINY_CLASSES = ["take_cup", "put_cup", "open_jam", "close_jam", "pour_water,cup", "stir_spoon,cup"]
 
@@ -255,16 +274,56 @@ TINY_CLASSES = ["take_cup", "put_cup", "open_jam", "close_jam", "pour_water,cup"
 def full_classes() -> list[str]:
     """61 GTEA61-like classes, most of them in take/put and open/close pairs."""
     out = []
-    for n in ("bread", "cheese", "chocolate", "coffee", "cup", "honey", "hotdog", "jam", "ketchup", "mayonnaise",
-              "mustard", "peanut", "spoon", "sugar", "tea", "water"):  # fmt: skip
+    for n in (
+        "bread",
+        "cheese",
+        "chocolate",
+        "coffee",
+        "cup",
+        "honey",
+        "hotdog",
+        "jam",
+        "ketchup",
+        "mayonnaise",
+        "mustard",
+        "peanut",
+        "spoon",
+        "sugar",
+        "tea",
+        "water",
+    ):
         out += [f"take_{n}", f"put_{n}"]
-    for n in ("chocolate", "coffee", "honey", "jam", "ketchup", "mayonnaise", "mustard", "peanut", "sugar", "tea",
-              "water"):  # fmt: skip
+    for n in (
+        "chocolate",
+        "coffee",
+        "honey",
+        "jam",
+        "ketchup",
+        "mayonnaise",
+        "mustard",
+        "peanut",
+        "sugar",
+        "tea",
+        "water",
+    ):
         out += [f"open_{n}", f"close_{n}"]
-    out += ["pour_water,cup", "pour_honey,bread", "pour_sugar,spoon,cup", "pour_ketchup,hotdog,bread",
-            "pour_mustard,hotdog,bread", "pour_mayonnaise,cheese,bread", "stir_spoon,cup", "shake_tea,cup",
-            "spread_jam,spoon,bread", "spread_peanut,spoon,bread", "scoop_coffee,spoon", "scoop_sugar,spoon",
-            "fold_bread", "put_hotdog,bread", "put_cheese,bread"]  # fmt: skip
+    out += [
+        "pour_water,cup",
+        "pour_honey,bread",
+        "pour_sugar,spoon,cup",
+        "pour_ketchup,hotdog,bread",
+        "pour_mustard,hotdog,bread",
+        "pour_mayonnaise,cheese,bread",
+        "stir_spoon,cup",
+        "shake_tea,cup",
+        "spread_jam,spoon,bread",
+        "spread_peanut,spoon,bread",
+        "scoop_coffee,spoon",
+        "scoop_sugar,spoon",
+        "fold_bread",
+        "put_hotdog,bread",
+        "put_cheese,bread",
+    ]
     return sorted(set(out))[:61]
 
 
@@ -348,7 +407,11 @@ def render_video(cls: str, style: SubjectStyle, n_frames: int, width: int, heigh
     canvas += _texture(rng, ch, cw, style.texture)
     for _ in range(rng.integers(2, 5)):  # static clutter on the table
         c = rng.uniform([0, 0], [cw, ch])
-        poly = _rect(*rng.uniform(0.08, 0.25, 2) * height) if rng.random() < 0.5 else _ellipse(*rng.uniform(0.04, 0.1, 2) * height)
+        poly = (
+            _rect(*rng.uniform(0.08, 0.25, 2) * height)
+            if rng.random() < 0.5
+            else _ellipse(*rng.uniform(0.04, 0.1, 2) * height)
+        )
         col = tuple(float(x) for x in np.clip(base * rng.uniform(0.5, 1.4, 3), 0, 255))
         _fill(canvas, poly + c, col)
     # camera path (head motion): smooth drift plus shake, in canvas pixels
@@ -356,7 +419,11 @@ def render_video(cls: str, style: SubjectStyle, n_frames: int, width: int, heigh
     drift = rng.normal(0, 0.012 * height, (n_frames, 2)).cumsum(0)
     drift = cv2.GaussianBlur(drift.astype(np.float32)[:, None, :], (1, 5), 0)[:, 0, :] if n_frames >= 5 else drift
     shake = rng.normal(0, style.shake * height, (n_frames, 2))
-    cam = np.clip(drift + shake + 0.3 * margin * np.sin(t[:, None] * rng.uniform(0.05, 0.2) + rng.uniform(0, 6, 2)), -margin + 1, margin - 1)
+    cam = np.clip(
+        drift + shake + 0.3 * margin * np.sin(t[:, None] * rng.uniform(0.05, 0.2) + rng.uniform(0, 6, 2)),
+        -margin + 1,
+        margin - 1,
+    )
 
     size = height * rng.uniform(0.22, 0.3)
     ctx = {
@@ -519,7 +586,7 @@ def motion_pairs(classes: list[str]) -> list[tuple[str, str]]:
     for a, b in (("take", "put"), ("open", "close")):
         for c in classes:
             if c.startswith(a + "_"):
-                other = b + c[len(a):]
+                other = b + c[len(a) :]
                 if other in classes:
                     pairs.append((c, other))
     return pairs

@@ -57,15 +57,28 @@ def build_model(cfg: ExperimentConfig, classes: list[str]) -> tuple[nn.Module, d
     if m.name == "ego_rnn":
         m.backbone_classes = _resolve_backbone_classes(cfg)
         model = create_model(
-            "ego_rnn", num_classes=n, backbone=m.backbone, pretrained=m.pretrained, backbone_classes=m.backbone_classes,
-            input_size=cfg.data.input_size, cam=m.cam, mem_size=m.mem_size, dropout=m.dropout, ms=m.ms, disc=m.disc,
+            "ego_rnn",
+            num_classes=n,
+            backbone=m.backbone,
+            pretrained=m.pretrained,
+            backbone_classes=m.backbone_classes,
+            input_size=cfg.data.input_size,
+            cam=m.cam,
+            mem_size=m.mem_size,
+            dropout=m.dropout,
+            ms=m.ms,
+            disc=m.disc,
             repflow=m.repflow,
-        )  # fmt: skip
+        )
     elif m.name == "flow_resnet":
         model = create_model(
-            "flow_resnet", num_classes=n, backbone=m.backbone, pretrained=m.pretrained, stack=cfg.data.flow_stack,
+            "flow_resnet",
+            num_classes=n,
+            backbone=m.backbone,
+            pretrained=m.pretrained,
+            stack=cfg.data.flow_stack,
             dropout=m.dropout,
-        )  # fmt: skip
+        )
     elif m.name == "two_stream":
         if not m.rgb_run or not m.flow_run:
             raise FparError("the two-stream model needs model.rgb_run=RUN (Ego-RNN stage 2) and model.flow_run=RUN")
@@ -109,16 +122,19 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
         rgb_cfg.model.pretrained = flow_cfg.model.pretrained = "none"
         rgb, _ = build_model(rgb_cfg, classes)
         flow, _ = build_model(flow_cfg, classes)
-        model = create_model("two_stream", rgb=rgb, flow=flow, num_classes=len(classes),
-                             dropout=cfg.model.fusion_dropout)  # fmt: skip
+        model = create_model(
+            "two_stream", rgb=rgb, flow=flow, num_classes=len(classes), dropout=cfg.model.fusion_dropout
+        )
     else:
         cfg = copy.deepcopy(cfg)
         cfg.model.pretrained = "none"
         model, _ = build_model(cfg, classes)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or [k for k in missing if not k.startswith(("ms_head.", "disc."))]:
-        raise FparError(f"{ckpt.get('path')} does not match its own config (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}); it was written by another fpar version")  # fmt: skip
+        raise FparError(
+            f"{ckpt.get('path')} does not match its own config (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); it was written by another fpar version"
+        )
     return model
 
 
@@ -130,13 +146,17 @@ def init_from(model: nn.Module, cfg: ExperimentConfig, classes: list[str]) -> di
     if src.model.name != cfg.model.name:
         raise FparError(f"init.from={cfg.init.from_} is a {src.model.name} run; this run trains {cfg.model.name}")
     if list(ckpt["classes"]) != list(classes):
-        raise FparError(f"init.from={cfg.init.from_} was trained on other classes ({len(ckpt['classes'])}) than this "
-                        f"dataset's {len(classes)}")  # fmt: skip
+        raise FparError(
+            f"init.from={cfg.init.from_} was trained on other classes ({len(ckpt['classes'])}) than this "
+            f"dataset's {len(classes)}"
+        )
     own = model.state_dict()
     bad = [k for k, v in ckpt["model"].items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise FparError(f"init.from={cfg.init.from_} has other shapes for {bad[:3]} (e.g. another backbone or "
-                        "mem_size); use a run with the same model settings")  # fmt: skip
+        raise FparError(
+            f"init.from={cfg.init.from_} has other shapes for {bad[:3]} (e.g. another backbone or "
+            "mem_size); use a run with the same model settings"
+        )
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     return {"from": ckpt["path"], "epoch": ckpt.get("epoch"), "new": missing, "ignored": unexpected}
 

@@ -45,7 +45,9 @@ def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, A
     try:
         ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, arbitrary pickle
-        raise FparError(f"cannot load checkpoint {f} ({type(e).__name__}); it is corrupt or not an fpar checkpoint") from None
+        raise FparError(
+            f"cannot load checkpoint {f} ({type(e).__name__}); it is corrupt or not an fpar checkpoint"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise FparError(f"{f} is not an fpar checkpoint (no model/config); weights-only files go to model.pretrained")
     ckpt["path"] = str(f)

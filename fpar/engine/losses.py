@@ -11,7 +11,7 @@ from ..models.outputs import ModelOutput
 
 
 def ms_targets(mmaps: torch.Tensor, size: int, target: str, task: str) -> torch.Tensor:
-    """(B, T, S, S) binary maps -> (B, T, s, s) targets: class ids {0, 1} (long) for ``cls``, grey in [0, 1] for ``reg``.
+    """(B, T, S, S) binary maps -> (B, T, s, s) targets: ids {0, 1} (long) for ``cls``, grey in [0, 1] for ``reg``.
 
     ``bw`` keeps each block's centre pixel; ``grid`` takes the block mean, rounded for classification.
     """

@@ -7,8 +7,9 @@ import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str],
-                           subset: list[str] | None = None) -> dict:  # fmt: skip
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, classes: list[str], subset: list[str] | None = None
+) -> dict:
     """All metrics in percent, as the report prints them.
 
     Args:

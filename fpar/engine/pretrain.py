@@ -27,8 +27,17 @@ from ..utils import seed_everything, torch_save_atomic
 class FrameDataset(Dataset):
     """``per_video`` frames of each video (evenly spaced, jittered when training), one label per video."""
 
-    def __init__(self, manifest: Manifest, indices: list[int], labels: list[int], cfg: DataConfig, *,
-                 per_video: int, train: bool, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        manifest: Manifest,
+        indices: list[int],
+        labels: list[int],
+        cfg: DataConfig,
+        *,
+        per_video: int,
+        train: bool,
+        seed: int = 0,
+    ):
         self.items = []
         for i, y in zip(indices, labels):
             n = manifest.videos[i].num_frames
@@ -46,16 +55,34 @@ class FrameDataset(Dataset):
         lo, hi = (k * n) // self.per_video, max(((k + 1) * n) // self.per_video, (k * n) // self.per_video + 1)
         f = int(rng.integers(lo, hi)) if self.train else (lo + hi - 1) // 2
         p = draw_params(rng, train=self.train)
-        x = transform_rgb([read_rgb(self.manifest.videos[vid].rgb[min(f, n - 1)])], p,
-                          scale_size=self.cfg.scale_size, input_size=self.cfg.input_size)[0]  # fmt: skip
+        x = transform_rgb(
+            [read_rgb(self.manifest.videos[vid].rgb[min(f, n - 1)])],
+            p,
+            scale_size=self.cfg.scale_size,
+            input_size=self.cfg.input_size,
+        )[0]
         return x, y
 
 
-def pretrain_backbone(root: str, out: str | Path, *, arch: str = "resnet18", target: str = "noun",
-                      input_size: int = 112, scale_size: int = 128, epochs: int = 4, batch_size: int = 32,
-                      per_video: int = 4, lr: float = 1e-3, train_subjects=("S1", "S3", "S4"),
-                      test_subjects=("S2",), seed: int = 0, num_workers: int = 0, progress: bool = True,
-                      log=print) -> dict:  # fmt: skip
+def pretrain_backbone(
+    root: str,
+    out: str | Path,
+    *,
+    arch: str = "resnet18",
+    target: str = "noun",
+    input_size: int = 112,
+    scale_size: int = 128,
+    epochs: int = 4,
+    batch_size: int = 32,
+    per_video: int = 4,
+    lr: float = 1e-3,
+    train_subjects=("S1", "S3", "S4"),
+    test_subjects=("S2",),
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Train and save the backbone; returns {'train_acc', 'test_acc', 'classes', 'path'} (frame accuracy, %)."""
     from tqdm import tqdm
 
@@ -77,8 +104,9 @@ def pretrain_backbone(root: str, out: str | Path, *, arch: str = "resnet18", tar
     test_ds = FrameDataset(manifest, te_idx, [lab(i) for i in te_idx], cfg, per_video=2, train=False, seed=seed)
     model = build_trunk(arch, pretrained=None, num_classes=len(names))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * ((len(train_ds) + batch_size - 1)
-                                                                                       // batch_size))  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * ((len(train_ds) + batch_size - 1) // batch_size)
+    )
     g = torch.Generator().manual_seed(seed)
     train_acc = test_acc = 0.0
     for epoch in range(epochs):
@@ -86,7 +114,9 @@ def pretrain_backbone(root: str, out: str | Path, *, arch: str = "resnet18", tar
         model.train()
         correct = seen = 0
         loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers)
-        it = tqdm(loader, desc=f"pretrain {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else loader
+        it = (
+            tqdm(loader, desc=f"pretrain {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if progress else loader
+        )
         for x, y in it:
             logits = model.logits_from(model.forward_features(x)["conv5"])
             loss = F.cross_entropy(logits, y)
@@ -98,8 +128,10 @@ def pretrain_backbone(root: str, out: str | Path, *, arch: str = "resnet18", tar
             seen += len(y)
         train_acc = 100 * correct / max(seen, 1)
         test_acc = _frame_accuracy(model, test_ds, batch_size)
-        log(f"pretrain epoch {epoch + 1}/{epochs}: train frames {train_acc:.1f}%, test frames {test_acc:.1f}% "
-            f"({len(names)} {target}s)")  # fmt: skip
+        log(
+            f"pretrain epoch {epoch + 1}/{epochs}: train frames {train_acc:.1f}%, test frames {test_acc:.1f}% "
+            f"({len(names)} {target}s)"
+        )
     sd = {k: v for k, v in model.state_dict().items()}
     torch_save_atomic(sd, out)
     return {"train_acc": train_acc, "test_acc": test_acc, "classes": names, "path": str(out)}

@@ -99,8 +99,13 @@ def provenance(manifest: Manifest) -> dict[str, Any]:
 
 
 def normalisation(cfg: ExperimentConfig) -> dict:
-    return {"rgb_mean": list(RGB_MEAN), "rgb_std": list(RGB_STD), "flow_mean": FLOW_MEAN, "flow_std": FLOW_STD,
-            "scale_size": cfg.data.scale_size}  # fmt: skip
+    return {
+        "rgb_mean": list(RGB_MEAN),
+        "rgb_std": list(RGB_STD),
+        "flow_mean": FLOW_MEAN,
+        "flow_std": FLOW_STD,
+        "scale_size": cfg.data.scale_size,
+    }
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
@@ -173,8 +178,11 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
     sums: dict[str, float] = {}
     correct = seen = 0
     total = cfg.train.max_batches or len(loader)
-    it = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-              dynamic_ncols=True) if progress else loader  # fmt: skip
+    it = (
+        tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+        if progress
+        else loader
+    )
     for i, batch in enumerate(it):
         if cfg.train.max_batches and i >= cfg.train.max_batches:
             break
@@ -191,7 +199,9 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip
+            )
         optimizer.step()
         b = batch["label"].shape[0]
         seen += b
@@ -214,14 +224,17 @@ def prepare(cfg: ExperimentConfig):
     mods = modalities(cfg)
     train_ds = ClipDataset(manifest, splits.train, cfg.data, modalities=mods, train=True, seed=cfg.seed)
     select_ds = ClipDataset(manifest, splits.select, cfg.data, modalities=mods, train=False, seed=cfg.seed)
-    test_ds = select_ds if splits.select == splits.test else ClipDataset(
-        manifest, splits.test, cfg.data, modalities=mods, train=False, seed=cfg.seed
-    )  # fmt: skip
+    test_ds = (
+        select_ds
+        if splits.select == splits.test
+        else ClipDataset(manifest, splits.test, cfg.data, modalities=mods, train=False, seed=cfg.seed)
+    )
     return manifest, splits, train_ds, select_ds, test_ds
 
 
-def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None,
-          log=print) -> dict:  # fmt: skip
+def train(
+    cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None, log=print
+) -> dict:
     """Run one stage. ``resume`` continues an interrupted run from its ``last.pt`` (same result as no stop)."""
     progress = cfg.train.progress if progress is None else progress
     run = Path(resume) if resume else run_dir_for(cfg)
@@ -265,21 +278,29 @@ def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, pro
         save_config(cfg, run / "config.yaml")
         atomic_write_json(run / "provenance.json", provenance(manifest))
         (run / "metrics.jsonl").unlink(missing_ok=True)
-    log(f"{cfg.name}: {cfg.model.name} on {manifest.root}: {splits.describe(manifest, cfg.data)}; "
+    log(
+        f"{cfg.name}: {cfg.model.name} on {manifest.root}: {splits.describe(manifest, cfg.data)}; "
         f"{sum(p.numel() for n, p in model.named_parameters() if n in set(trainable)) / 1e6:.2f} M trainable "
-        f"parameters; device {device}")  # fmt: skip
+        f"parameters; device {device}"
+    )
     if init_report:
-        log(f"initialised from {init_report['from']} (epoch {init_report['epoch']}); new: {len(init_report['new'])} "
-            "tensors")  # fmt: skip
+        log(
+            f"initialised from {init_report['from']} (epoch {init_report['epoch']}); new: {len(init_report['new'])} "
+            "tensors"
+        )
 
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(run / "tb"))
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
-        "config": to_dict(cfg), "classes": classes, "input_size": cfg.data.input_size,
-        "normalisation": normalisation(cfg), "trainable": trainable, **extra,
-    }  # fmt: skip
+        "config": to_dict(cfg),
+        "classes": classes,
+        "input_size": cfg.data.input_size,
+        "normalisation": normalisation(cfg),
+        "trainable": trainable,
+        **extra,
+    }
     t_start = time.time()
     for epoch in range(start, cfg.train.epochs):
         f = lr_factor(cfg, epoch)
@@ -287,8 +308,15 @@ def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, pro
             g["lr"] = g["initial_lr"] * f
         train_ds.set_epoch(epoch)
         t0 = time.time()
-        tr = train_one_epoch(model, make_loader(train_ds, cfg, train=True, epoch=epoch), optimizer, cfg, device,
-                             epoch=epoch, progress=progress)  # fmt: skip
+        tr = train_one_epoch(
+            model,
+            make_loader(train_ds, cfg, train=True, epoch=epoch),
+            optimizer,
+            cfg,
+            device,
+            epoch=epoch,
+            progress=progress,
+        )
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             ev = evaluate(model, select_loader, cfg, device, classes, progress=progress)
@@ -296,7 +324,9 @@ def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, pro
             row.update({f"val_{k}": v for k, v in ev.items()})
             if ev["top1"] > best["top1"]:  # strictly better, as the original selection
                 best = {"top1": ev["top1"], "epoch": epoch + 1, **{k: v for k, v in ev.items() if k != "top1"}}
-                save_checkpoint({**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt")
+                save_checkpoint(
+                    {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
+                )
                 _write_confusion(run / "confusion.csv", conf, classes)
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
@@ -307,10 +337,18 @@ def train(cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, pro
                 tb.add_scalar(k, v, epoch + 1)
         log(_epoch_line(row))
         save_checkpoint(
-            {**base, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-             "rng": rng_state(), "history": history, "best": best, "finished": epoch + 1 == cfg.train.epochs},
+            {
+                **base,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "rng": rng_state(),
+                "history": history,
+                "best": best,
+                "finished": epoch + 1 == cfg.train.epochs,
+            },
             run / "last.pt",
-        )  # fmt: skip
+        )
     tb.close()
     summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, classes, progress)
     summary["train_time_s"] = round(time.time() - t_start, 1)

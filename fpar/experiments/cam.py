@@ -40,8 +40,7 @@ def _grey(m: np.ndarray, size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def cam_figure(model, info: dict, video: str, out: str | Path, *, data_root: str | None = None,
-               compare=None) -> Path:  # fmt: skip
+def cam_figure(model, info: dict, video: str, out: str | Path, *, data_root: str | None = None, compare=None) -> Path:
     """Write a PNG with one row per sampled frame: frame | CAM overlay [| CAM of ``compare`` model] [| MS prediction |
     MS ground truth]. ``model`` is an Ego-RNN (or two-stream: its RGB stream) loaded with `fpar.load_run`."""
     cfg = from_dict(info["config"])

@@ -46,15 +46,27 @@ def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
     backbone = out_p / "backbone.pt"
     if not backbone.is_file():
         log("[2/4] pre-training a resnet18 on single frames (noun labels) in place of ImageNet weights")
-        r = pretrain_backbone(str(data), backbone, epochs=1 if quick else 4, input_size=64 if quick else 112,
-                              scale_size=64 if quick else 128, log=lambda m: log("      " + m))  # fmt: skip
+        pretrain_backbone(
+            str(data),
+            backbone,
+            epochs=1 if quick else 4,
+            input_size=64 if quick else 112,
+            scale_size=64 if quick else 128,
+            log=lambda m: log("      " + m),
+        )
     else:
         log(f"[2/4] using the pre-trained backbone {backbone}")
     runs = out_p / "runs"
     common = [f"data.root={data}", f"model.pretrained={backbone}"]
     if quick:
-        common += ["data.input_size=64", "data.scale_size=64", "data.frames=4", "model.mem_size=32",
-                   "train.epochs=2", "train.batch_size=8"]  # fmt: skip
+        common += [
+            "data.input_size=64",
+            "data.scale_size=64",
+            "data.frames=4",
+            "model.mem_size=32",
+            "train.epochs=2",
+            "train.batch_size=8",
+        ]
     results = {}
     for stage in ("stage1", "stage2"):
         run = runs / stage
@@ -92,8 +104,10 @@ def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
     ]
     for stage, s in results.items():
         pair = f"{s['pair_top1']:.1f}% ({s['pair_videos']} videos)" if s.get("pair_top1") is not None else "-"
-        lines.append(f"| {stage} | {s['best_top1']:.1f}% | {s['best_epoch']} | {s['final_top1']:.1f}% | "
-                     f"{s['top5']:.1f}% | {s['mean_class_acc']:.1f}% | {pair} |")  # fmt: skip
+        lines.append(
+            f"| {stage} | {s['best_top1']:.1f}% | {s['best_epoch']} | {s['final_top1']:.1f}% | "
+            f"{s['top5']:.1f}% | {s['mean_class_acc']:.1f}% | {pair} |"
+        )
     lines.append(f"runs in {runs}; CAM overlays: {', '.join(cams)}; {time.time() - t0:.0f} s in all")
     for line in lines:
         log(line)

@@ -31,9 +31,16 @@ def ego_rnn(
     """Ego-RNN: ResNet + CAM attention + ConvLSTM (+ optional MS head, discriminator, representation flow)."""
     trunk = build_trunk(backbone, pretrained=pretrained, num_classes=backbone_classes)
     return build_ego_rnn(
-        backbone=trunk, num_classes=num_classes, input_size=input_size, mem_size=mem_size, dropout=dropout,
-        cam=cam, ms=ms, disc=disc, repflow=repflow,
-    )  # fmt: skip
+        backbone=trunk,
+        num_classes=num_classes,
+        input_size=input_size,
+        mem_size=mem_size,
+        dropout=dropout,
+        cam=cam,
+        ms=ms,
+        disc=disc,
+        repflow=repflow,
+    )
 
 
 @register_model

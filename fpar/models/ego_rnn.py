@@ -37,6 +37,14 @@ from .outputs import ModelOutput
 MS_STRIDE = {"conv3": 8, "conv4": 16, "conv5": 32}
 
 
+def feature_size(input_size: int, stride: int) -> int:
+    """Side of a ResNet feature map: every stride-2 stage maps s to ceil(s / 2) (224 -> 28/14/7, 112 -> 14/7/4)."""
+    s = input_size
+    while stride > 1:
+        s, stride = (s + 1) // 2, stride // 2
+    return s
+
+
 class EgoRNN(nn.Module):
     """Ego-RNN with optional MS head, static-dynamic discriminator and representation-flow layer.
 
@@ -67,7 +75,9 @@ class EgoRNN(nn.Module):
     ):
         super().__init__()
         if ms_head is not None and repflow is not None:
-            raise FparError("the MS head and the representation-flow layer cannot be combined (T-1 flow steps vs T maps)")
+            raise FparError(
+                "the MS head and the representation-flow layer cannot be combined (T-1 flow steps vs T maps)"
+            )
         self.backbone = backbone
         self.cam = cam
         self.num_classes = num_classes
@@ -167,7 +177,7 @@ def build_ego_rnn(
     ms_layer = "conv5"
     if ms is not None and ms.enabled:
         ms_layer = ms.layer
-        size = input_size // MS_STRIDE[ms.layer]
+        size = feature_size(input_size, MS_STRIDE[ms.layer])
         ms_head = MotionSegmentationHead(
             backbone.feature_channels[ms.layer], size, task=ms.task, hidden=ms.hidden, head=ms.head, dropout=ms.dropout
         )

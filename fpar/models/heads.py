@@ -8,8 +8,8 @@ from torch import Tensor, nn
 class MotionSegmentationHead(nn.Module):
     """Per-frame motion-segmentation head (reference-spec §4).
 
-    ``fc`` head (the report's):   ReLU -> Conv1x1(C -> hidden) -> ReLU -> Dropout -> flatten -> Linear(hidden s² -> K s²)
-    ``conv`` head (per pixel):    ReLU -> Conv1x1(C -> hidden) -> ReLU -> Dropout -> Conv1x1(hidden -> K)
+    ``fc`` head (the report's): ReLU -> Conv1x1(C -> hidden) -> ReLU -> Dropout -> flatten -> Linear(hidden s² -> K s²)
+    ``conv`` head (per pixel):  ReLU -> Conv1x1(C -> hidden) -> ReLU -> Dropout -> Conv1x1(hidden -> K)
 
     K = 2 (moving / static logits, classification) or 1 (regression). The first ReLU is a no-op on conv5 (post-ReLU)
     features and matters on the no-BN ones; the ReLU after the 1x1 conv keeps the head from being a purely linear
@@ -19,8 +19,16 @@ class MotionSegmentationHead(nn.Module):
     Input (N, C, s, s) -> output (N, K, s, s).
     """
 
-    def __init__(self, in_channels: int, size: int, *, task: str = "cls", hidden: int = 100, head: str = "fc",
-                 dropout: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        size: int,
+        *,
+        task: str = "cls",
+        hidden: int = 100,
+        head: str = "fc",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if task not in ("cls", "reg"):
             raise ValueError(f"expected task 'cls' or 'reg', got {task!r}")

@@ -82,9 +82,17 @@ def compute_flow(prev_grey: np.ndarray, next_grey: np.ndarray, method: str = "tv
         raise ValueError(f"frames differ in size: {prev_grey.shape} vs {next_grey.shape}")
     if method == "farneback":
         flow = cv2.calcOpticalFlowFarneback(
-            prev_grey, next_grey, None, pyr_scale=0.5, levels=4, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2,
+            prev_grey,
+            next_grey,
+            None,
+            pyr_scale=0.5,
+            levels=4,
+            winsize=15,
+            iterations=3,
+            poly_n=5,
+            poly_sigma=1.2,
             flags=0,
-        )  # fmt: skip
+        )
     else:
         flow = _flow_object(method).calc(prev_grey, next_grey, None)
     return np.ascontiguousarray(flow, dtype=np.float32)  # (H, W, 2)

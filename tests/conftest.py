@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic datasets written once per session, the real GTEA61 clip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One intra-op thread: tiny tensors run faster, and the 2-core machine stays usable while the suite runs.
+torch.set_num_threads(1)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REAL_CLIP = Path(os.environ.get("FPAR_REAL_CLIP", SHARED / "data" / "gtea61-real-clip"))
+REAL_VIDEO = Path(os.environ.get("FPAR_REAL_VIDEO", SHARED / "data" / "videos" / "ucf101-eyemakeup.avi"))
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The `tiny` synthetic preset (6 classes x 4 subjects, 114x64). Treat as read-only."""
+    from fpar.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "tiny"
+    synthesize(root, preset="tiny", seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_overrides(tiny_root) -> list[str]:
+    """Overrides that make any recipe run in seconds on the tiny data."""
+    return [
+        f"data.root={tiny_root}",
+        "data.input_size=64",
+        "data.scale_size=64",
+        "data.frames=3",
+        "model.backbone=resnet18",
+        "model.pretrained=none",
+        "model.mem_size=16",
+        "train.batch_size=4",
+        "train.eval_batch_size=8",
+        "train.progress=false",
+    ]

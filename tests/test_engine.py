@@ -1,0 +1,111 @@
+"""Training engine end to end on tiny synthetic data: run folder, resume, stages, CLI errors, eval."""
+
+import json
+
+import pytest
+import torch
+
+from fpar.cli import main
+from fpar.config import load_config
+from fpar.engine.checkpoint import load_checkpoint
+from fpar.engine.trainer import lr_factor, train
+from fpar.errors import FparError
+
+
+def _cfg(overrides, out, *extra):
+    return load_config(None, [*overrides, f"out={out}", *extra])
+
+
+def test_run_folder_contents_and_summary(tiny_overrides, tmp_path):
+    s = train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=2", "name=t"), log=lambda m: None)
+    run = tmp_path / "r"
+    for f in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json", "provenance.json",
+              "confusion.csv"):
+        assert (run / f).is_file(), f
+    assert any((run / "tb").iterdir())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "train_top1", "val_top1", "val_top5", "val_mean_class_acc", "val_loss", "lr"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary == s
+    assert 1 <= s["best_epoch"] <= 2 and s["videos"] == 6 and s["select_on"] == "test"
+    assert s["best_top1"] == max(r["val_top1"] for r in rows)
+    assert s["final_top1"] == rows[-1]["val_top1"]
+    ck = load_checkpoint(run)
+    assert ck["classes"] == sorted(ck["classes"]) and len(ck["classes"]) == 6
+    assert ck["input_size"] == 64 and ck["normalisation"]["flow_mean"] == 0.449
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["torch"] == torch.__version__ and len(prov["dataset_manifest_sha"]) == 16
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_overrides, tmp_path):
+    extra = ["train.epochs=2", "model.ms.enabled=true", "train.trainable=[^lstm,^classifier,^ms_head]"]
+    train(_cfg(tiny_overrides, tmp_path / "full", *extra), log=lambda m: None)
+    # the same run stopped after one epoch, then resumed
+    train(_cfg(tiny_overrides, tmp_path / "cut", "train.epochs=1", *extra[1:]), log=lambda m: None)
+    cfg_path = tmp_path / "cut" / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("epochs: 1", "epochs: 2"))
+    ck = load_checkpoint(tmp_path / "cut", "last")
+    ck["finished"] = False
+    torch.save(ck, tmp_path / "cut" / "last.pt")
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a = load_checkpoint(tmp_path / "full", "last")["model"]
+    b = load_checkpoint(tmp_path / "cut", "last")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_stage2_from_stage1_and_validation_selection(tiny_overrides, tmp_path):
+    train(_cfg(tiny_overrides, tmp_path / "s1", "train.epochs=1"), log=lambda m: None)
+    s2 = _cfg(tiny_overrides, tmp_path / "s2", "train.epochs=1", f"init.from={tmp_path / 's1'}",
+              r"train.trainable=[^lstm\.,^classifier\.,'^backbone\.layer4\.\d+\.conv[12]\.weight$']",
+              "data.select_on=val", "data.val_fraction=0.3")
+    before = load_checkpoint(tmp_path / "s1")["model"]
+    s = train(s2, log=lambda m: None)
+    assert s["select_on"] == "val" and "test_top1" in s and s["test_videos"] == 6
+    after = load_checkpoint(tmp_path / "s2", "last")["model"]
+    assert not torch.equal(before["backbone.layer4.0.conv1.weight"], after["backbone.layer4.0.conv1.weight"])
+    assert torch.equal(before["backbone.layer3.0.conv1.weight"], after["backbone.layer3.0.conv1.weight"])
+    assert torch.equal(before["backbone.layer4.0.bn1.running_mean"], after["backbone.layer4.0.bn1.running_mean"])
+
+
+def test_init_from_wrong_model_is_refused(tiny_overrides, tmp_path):
+    train(_cfg(tiny_overrides, tmp_path / "flow", "train.epochs=1", "model.name=flow_resnet",
+               "train.trainable=[.]", "data.flow_stack=2"), log=lambda m: None)
+    with pytest.raises(FparError, match="flow_resnet run"):
+        train(_cfg(tiny_overrides, tmp_path / "x", "train.epochs=1", f"init.from={tmp_path / 'flow'}"),
+              log=lambda m: None)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_overrides, tmp_path):
+    train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=1"), log=lambda m: None)
+    with pytest.raises(FparError, match="--resume"):
+        train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=1"), log=lambda m: None)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_overrides, tmp_path):
+    with pytest.raises(FparError, match="loss became"):
+        train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=1", "optim.lr=1e30", "optim.name=sgd",
+                   "optim.momentum=0", "train.batch_size=2"), log=lambda m: None)
+
+
+def test_lr_schedule_steps_at_epoch_end():
+    cfg = load_config(None, ["sched.milestones=[2,4]", "sched.gamma=0.1"])
+    assert [round(lr_factor(cfg, e), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+    cfg = load_config(None, ["sched.name=step", "sched.step_size=1", "sched.gamma=0.99"])
+    assert lr_factor(cfg, 3) == pytest.approx(0.99**3)
+
+
+def test_cli_bad_override_and_eval_json(tiny_overrides, tmp_path, capsys):
+    assert main(["train", *tiny_overrides, "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key 'optim.lrr'") and "optim.lr" in err and err.count("\n") == 1
+    assert main(["train", *tiny_overrides, f"out={tmp_path / 'r'}", "train.epochs=1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"top1", "top5", "mean_class_acc", "videos"} <= set(r) and r["videos"] == 6
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,260 @@
+"""Model variants: shapes, gradients of trainable vs frozen parameters, heads, losses, discriminator, fusion."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fpar import create_model, list_models
+from fpar.config import DiscConfig, MSConfig, RepFlowConfig
+from fpar.engine.losses import disc_loss, ms_loss, ms_targets, total_loss
+from fpar.engine.stages import apply_trainable, param_groups, set_train_mode
+from fpar.models.ego_rnn import feature_size, make_static_clip
+from fpar.models.heads import MotionSegmentationHead
+from fpar.config import ModelConfig, OptimConfig
+
+STAGE1 = [r"^lstm\.", r"^classifier\."]
+STAGE2 = STAGE1 + [r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]
+S = 64  # input size of the tiny variants
+
+
+def tiny_ego(**kw):
+    torch.manual_seed(0)
+    args = dict(num_classes=5, backbone="resnet18", pretrained=None, input_size=S, mem_size=8, backbone_classes=10)
+    args.update(kw)
+    return create_model("ego_rnn", **args)
+
+
+VARIANTS = {
+    "cam": {},
+    "nocam": {"cam": False},
+    "ms_cls_conv5": {"ms": MSConfig(enabled=True, layer="conv5", task="cls")},
+    "ms_reg_conv4_grid": {"ms": MSConfig(enabled=True, layer="conv4", task="reg", target="grid")},
+    "ms_cls_conv3_convhead": {"ms": MSConfig(enabled=True, layer="conv3", task="cls", head="conv")},
+    "disc": {"disc": DiscConfig(enabled=True, alpha=0.1)},
+    "repflow": {"cam": False, "repflow": RepFlowConfig(enabled=True, bottleneck=4, n_iter=2)},
+    "resnet34": {"backbone": "resnet34"},
+}
+
+
+def test_registry_lists_the_families():
+    assert {"ego_rnn", "flow_resnet", "two_stream"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_ego_rnn_variants_shapes_no_nan(name):
+    model = tiny_ego(**VARIANTS[name]).train()
+    x = torch.randn(2, 3, 3, S, S)
+    out = model(x, static_idx=torch.tensor([0, 2]), with_ms=True)
+    assert out.logits.shape == (2, 5) and torch.isfinite(out.logits).all()
+    assert out.features.shape == (2, 8)
+    t = 2 if name == "repflow" else 3
+    if name in ("cam", "ms_cls_conv5", "disc", "resnet34"):
+        assert out.attn.shape == (2, t, 2, 2)
+        torch.testing.assert_close(out.attn.sum((2, 3)), torch.ones(2, t))  # CAM maps sum to one
+    if "ms" in VARIANTS[name]:
+        ms = VARIANTS[name]["ms"]
+        s = feature_size(S, {"conv3": 8, "conv4": 16, "conv5": 32}[ms.layer])
+        assert out.ms.shape == (2, 3, 2 if ms.task == "cls" else 1, s, s)
+    if name == "disc":
+        assert out.disc_logits.shape == (4, 2)
+    model.eval()
+    assert model(x).ms is None  # the MS head is not run at inference
+
+
+def test_feature_sizes():
+    assert [feature_size(224, s) for s in (8, 16, 32)] == [28, 14, 7]
+    assert [feature_size(112, s) for s in (8, 16, 32)] == [14, 7, 4]
+
+
+@pytest.mark.parametrize("patterns,name", [(STAGE1, "stage1"), (STAGE2, "stage2")])
+def test_stage_gradients_and_frozen_batchnorm(patterns, name):
+    model = tiny_ego()
+    trainable = set(apply_trainable(model, patterns))
+    set_train_mode(model, [])
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    out = model(torch.randn(2, 3, 3, S, S))
+    F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+    for n, p in model.named_parameters():
+        if n in trainable and n != "backbone.fc.bias":
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
+        else:
+            assert p.grad is None, n
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, bn_before[k])  # frozen BN statistics do not move
+    if name == "stage2":
+        assert "backbone.layer4.0.downsample.0.weight" not in trainable
+        assert not any("bn" in n for n in trainable)
+        assert "backbone.fc.weight" in trainable
+
+
+def test_frozen_trunk_keeps_no_graph():
+    model = tiny_ego()
+    apply_trainable(model, STAGE1)
+    feats, _ = model.frame_features(torch.randn(1, 2, 3, S, S))
+    assert feats["conv5"].grad_fn is None  # no activations kept for backward in the frozen trunk
+    apply_trainable(model, STAGE2)
+    feats, _ = model.frame_features(torch.randn(1, 2, 3, S, S))
+    assert feats["conv4"].grad_fn is None and feats["conv5"].grad_fn is not None
+
+
+def test_input_receives_gradient():
+    model = tiny_ego().eval()
+    x = torch.randn(1, 2, 3, S, S, requires_grad=True)
+    model(x).logits[0, 0].backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layer,size", [("conv3", 28), ("conv4", 14), ("conv5", 7)])
+@pytest.mark.parametrize("task", ["cls", "reg"])
+@pytest.mark.parametrize("head", ["fc", "conv"])
+def test_ms_head_shapes_at_224(layer, size, task, head):
+    c = {"conv3": 128, "conv4": 256, "conv5": 512}[layer]
+    h = MotionSegmentationHead(c, size, task=task, head=head)
+    y = h(torch.randn(3, c, size, size))
+    assert y.shape == (3, 2 if task == "cls" else 1, size, size)
+    if head == "fc" and layer == "conv3":
+        assert h.classifier.weight.numel() == 100 * 784 * (2 if task == "cls" else 1) * 784
+
+
+def test_ms_loss_hand_computed():
+    # one clip, two frames, 2x2 maps
+    pred = torch.zeros(1, 2, 2, 2, 2)
+    pred[0, 0, 1] = 2.0  # frame 0 says "moving" everywhere with logit margin 2
+    target = torch.tensor([[[[1, 0], [0, 0]], [[1, 1], [1, 1]]]])
+    loss, acc = ms_loss(pred, target, "cls")
+    p_move = 1 / (1 + torch.exp(torch.tensor(-2.0)))
+    frame0 = -torch.log(p_move) - 3 * torch.log(1 - p_move)  # summed over the 4 pixels
+    frame1 = -4 * torch.log(torch.tensor(0.5))
+    torch.testing.assert_close(loss, (frame0 + frame1) / 2)  # averaged over frames (and batch)
+    assert acc == pytest.approx(100 * (1 + 0) / 8 + 100 * 4 / 8 * 0)  # ties argmax to class 0 on frame 1
+    reg_pred = torch.full((1, 2, 1, 2, 2), 0.5)
+    rloss, mae = ms_loss(reg_pred, target.float(), "reg")
+    torch.testing.assert_close(rloss, torch.tensor(8 * 0.25 / 2))
+    assert mae == pytest.approx(0.5)
+
+
+def test_ms_targets_round_grid_for_classification():
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2, :2] = 1
+    m[..., 0, 2] = 1  # block (0,1) has 1/4 moving
+    cls = ms_targets(m, 2, "grid", "cls")
+    reg = ms_targets(m, 2, "grid", "reg")
+    assert cls.dtype == torch.long and cls[0, 0].tolist() == [[1, 0], [0, 0]]
+    torch.testing.assert_close(reg[0, 0], torch.tensor([[1.0, 0.25], [0.0, 0.0]]))
+
+
+def test_total_loss_adds_weighted_parts():
+    model = tiny_ego(ms=MSConfig(enabled=True), disc=DiscConfig(enabled=True, alpha=0.1)).train()
+    torch.manual_seed(1)
+    batch = {"rgb": torch.randn(2, 3, 3, S, S), "label": torch.tensor([0, 3]),
+             "mmaps": (torch.rand(2, 3, S, S) > 0.5).long(), "static_idx": torch.tensor([1, 2])}
+    torch.manual_seed(2)
+    out = model(batch["rgb"], static_idx=batch["static_idx"], with_ms=True)
+    cfg = ModelConfig(ms=MSConfig(enabled=True, weight=1.0), disc=DiscConfig(enabled=True, alpha=0.1))
+    loss, parts = total_loss(out, batch, cfg)
+    expected = parts["action_loss"] + parts["ms_loss"] + 0.1 * parts["disc_loss"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_static_clip_is_one_frame_repeated_and_matches_the_shortcut():
+    x = torch.randn(2, 4, 3, S, S)
+    idx = torch.tensor([1, 3])
+    st = make_static_clip(x, idx)
+    for b in range(2):
+        for t in range(4):
+            assert st[b, t].equal(x[b, idx[b]])
+    model = tiny_ego(disc=DiscConfig(enabled=True)).eval()  # eval: no dropout, compare numbers
+    out = model(x, static_idx=idx)
+    # the model's static half equals running the discriminator on the real repeated-frame clip
+    feats, _ = model.frame_features(st)
+    att, _ = model.attend(feats)
+    ref = model.disc(model.recurrent(att.view(2, 4, *att.shape[1:])))
+    torch.testing.assert_close(out.disc_logits[2:], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train_conv5", [False, True])
+def test_discriminator_configurations_update_the_right_parameters(train_conv5):
+    model = tiny_ego(disc=DiscConfig(enabled=True, train_conv5=train_conv5))
+    apply_trainable(model, STAGE2 + [r"^disc\."])
+    set_train_mode(model, [])
+    out = model(torch.randn(2, 3, 3, S, S), static_idx=torch.tensor([0, 1]))
+    disc_loss(out.disc_logits).backward()  # only the static-dynamic loss
+    assert model.disc.weight.grad.abs().sum() > 0
+    assert model.lstm.conv_x.weight.grad.abs().sum() > 0
+    conv5 = model.backbone.layer4[1].conv1.weight.grad
+    if train_conv5:
+        assert conv5 is not None and conv5.abs().sum() > 0
+    else:
+        assert conv5 is None or conv5.abs().sum() == 0
+    assert model.classifier.weight.grad is None  # the action classifier is not involved
+
+
+def test_disc_loss_labels():
+    logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]])  # dynamic says 0, static says 1: nearly zero loss
+    assert disc_loss(logits).item() < 1e-3
+    assert disc_loss(logits.flip(0)).item() > 10
+
+
+def test_flow_resnet_shapes_and_multi_stack_average():
+    torch.manual_seed(0)
+    m = create_model("flow_resnet", num_classes=5, backbone="resnet18", pretrained=None, stack=5).eval()
+    assert m.backbone.conv1.weight.shape[1] == 10
+    x = torch.randn(2, 3, 10, S, S)
+    out = m(x)
+    assert out.logits.shape == (2, 5) and out.features.shape == (2, 512)
+    per = m(x.flatten(0, 1)).logits.view(2, 3, 5).mean(1)
+    torch.testing.assert_close(out.logits, per)
+
+
+def test_two_stream_fusion_against_hand_made_features():
+    torch.manual_seed(0)
+    rgb = tiny_ego()
+    flow = create_model("flow_resnet", num_classes=5, backbone="resnet18", pretrained=None, stack=2)
+    ts = create_model("two_stream", rgb=rgb, flow=flow, num_classes=5).eval()
+    assert ts.classifier.in_features == 8 + 512
+    ff, rf = torch.randn(2, 512), torch.randn(2, 8)
+    expected = torch.cat([ff, rf], 1) @ ts.classifier.weight.T + ts.classifier.bias  # flow first
+    torch.testing.assert_close(ts.fuse(ff, rf), expected)
+    out = ts(torch.randn(2, 3, 3, S, S), torch.randn(2, 4, S, S))
+    assert out.logits.shape == (2, 5)
+
+
+def test_two_stream_trainable_sets_and_group_lrs():
+    rgb = tiny_ego()
+    flow = create_model("flow_resnet", num_classes=5, backbone="resnet18", pretrained=None, stack=2)
+    ts = create_model("two_stream", rgb=rgb, flow=flow, num_classes=5)
+    pats = [r"^classifier\.", r"^rgb\.lstm\.", r"^rgb\.backbone\.layer4\.\d+\.conv[12]\.weight$",
+            r"^rgb\.backbone\.fc\.weight$", r"^flow\.backbone\.layer4\."]
+    names = set(apply_trainable(ts, pats))
+    assert "flow.backbone.layer4.0.bn1.weight" in names and "rgb.backbone.layer4.0.bn1.weight" not in names
+    assert not any(n.startswith("flow.fc_action") or n.startswith("rgb.classifier") for n in names)
+    groups = param_groups(ts, OptimConfig(lr=1e-2, groups=[{"pattern": r"^flow\.", "lr": 1e-4}]))
+    by_lr = {g["lr"]: sum(p.numel() for p in g["params"]) for g in groups}
+    flow_n = sum(p.numel() for n, p in ts.named_parameters() if n.startswith("flow.") and n in names)
+    assert by_lr[1e-4] == flow_n and set(by_lr) == {1e-2, 1e-4}
+    set_train_mode(ts, [r"^flow\.backbone\.layer4"])
+    assert ts.flow.backbone.layer4[0].bn1.training and not ts.rgb.backbone.layer4[0].bn1.training
+    assert not ts.flow.backbone.layer3[0].bn1.training
+
+
+def test_repflow_variant_parameters_get_gradients():
+    model = tiny_ego(cam=False, repflow=RepFlowConfig(enabled=True, bottleneck=4, n_iter=2))
+    apply_trainable(model, STAGE1 + [r"^repflow\.", r"^backbone\.layer[34]\."])
+    set_train_mode(model, [])
+    out = model(torch.randn(2, 4, 3, S, S))
+    F.cross_entropy(out.logits, torch.tensor([0, 1])).backward()
+    for n, p in model.repflow.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+
+
+def test_unknown_pattern_is_an_error():
+    from fpar.errors import FparError
+
+    with pytest.raises(FparError, match="match no parameter"):
+        apply_trainable(tiny_ego(), [r"^lsmt\."])
+    m = copy.deepcopy(tiny_ego())
+    with pytest.raises(FparError, match="not a valid regular expression"):
+        apply_trainable(m, ["(["])

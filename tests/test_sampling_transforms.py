@@ -1,0 +1,149 @@
+"""Sampling indices, clip-consistent transforms, flow flipping, motion-map targets."""
+
+import numpy as np
+import pytest
+import torch
+
+from fpar.config import DataConfig
+from fpar.data.dataset import ClipDataset
+from fpar.data.layout import discover
+from fpar.data.sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
+from fpar.data.transforms import (
+    FLOW_MEAN,
+    FLOW_STD,
+    CropParams,
+    crop_box,
+    downsample_mmaps,
+    draw_params,
+    transform_flow,
+    transform_mmaps,
+    transform_rgb,
+)
+
+
+@pytest.mark.parametrize("n,t,expected", [
+    (20, 7, [0, 2, 5, 8, 11, 14, 17]),  # floor(k*20/7)
+    (10, 5, [0, 2, 4, 6, 8]),
+    (3, 7, [0, 0, 0, 1, 1, 2, 2]),  # N < T: frames repeat
+    (16, 16, list(range(16))),
+])
+def test_uniform_indices_seed_formula(n, t, expected):
+    assert uniform_indices(n, t) == expected
+
+
+def test_uniform_indices_original_egornn_formula():
+    # floor(linspace(1, 20, 7, endpoint=False)) = [1, 3, 6, 9, 11, 14, 17] (1-based) -> 0-based
+    assert uniform_indices(20, 7, method="egornn") == [0, 2, 5, 8, 10, 13, 16]
+
+
+def test_flow_stack_sampling():
+    assert flow_stack_start(20, 5, train=False) == 7  # centred: (20-5)//2
+    assert flow_stack_start(4, 5, train=False) == 0
+    rng = np.random.default_rng(0)
+    starts = {flow_stack_start(12, 5, train=True, rng=rng) for _ in range(500)}
+    assert starts == set(range(8))  # 0..N-L inclusive
+    assert flow_stack_starts(20, 5, 5) == [0, 3, 6, 9, 12]
+    assert stack_indices(2, 5, 4) == [2, 3, 3, 3, 3]  # short video: last flow repeats
+
+
+def test_crop_box_positions():
+    # 455x256 frame, scale to 256 (r = 1), crop 0.75*256 = 192
+    w, h = 455, 256
+    kw = dict(scale_size=256, input_size=224)
+    assert crop_box(w, h, CropParams(0.75, "tl", False, True), **kw) == (0, 0, 192, 192)
+    assert crop_box(w, h, CropParams(0.75, "br", False, True), **kw) == (263, 64, 455, 256)
+    assert crop_box(w, h, CropParams(0.75, "tr", False, True), **kw) == (263, 0, 455, 192)  # not one pixel short
+    assert crop_box(w, h, CropParams(1.0, "c", False, True), **kw) == (100, 0, 356, 256)
+    assert crop_box(w, h, CropParams(train=False), **kw) == (116, 16, 340, 240)  # centre 224 crop
+    # a 228x128 frame scaled x2 to 256: the same crops in original pixels
+    assert crop_box(228, 128, CropParams(train=False), **kw) == (58, 8, 170, 120)
+
+
+def _ramp(h=40, w=60):
+    """Frames whose pixel values encode their own x position: a crop or flip is visible in the values."""
+    x = np.tile(np.arange(w, dtype=np.uint8) * 4, (h, 1))
+    return x
+
+
+def test_one_draw_shared_by_every_modality_and_flip_inverts_x_flow():
+    ramp = _ramp()
+    rgb = [np.stack([ramp] * 3, -1)] * 3
+    p = CropParams(0.75, "tl", True, True)
+    kw = dict(scale_size=40, input_size=32)
+    r = transform_rgb(rgb, p, **kw)  # (3, 3, 32, 32)
+    mm = transform_mmaps([(ramp > 100).astype(np.uint8)] * 3, p, **kw)
+    f = transform_flow([ramp] * 2, [ramp] * 2, p, **kw)  # (4, 32, 32)
+    # all modalities took the same (flipped) columns: the value decreases left to right in every one
+    col_rgb = r[0, 0, 0].numpy()
+    assert col_rgb[0] > col_rgb[-1]
+    assert mm[0, 0, 0] == 1 and mm[0, 0, -1] == 0  # flipped: bright (moving) part now on the left
+    fy = f[1].numpy() * FLOW_STD + FLOW_MEAN
+    fx = f[0].numpy() * FLOW_STD + FLOW_MEAN
+    assert fy[0, 0] > fy[0, -1]  # y-flow only mirrored
+    # x-flow mirrored AND negated around 128: v -> 256 - v
+    np.testing.assert_allclose(fx * 255, np.clip(256 - fy * 255, 0, 255), atol=1e-3)
+    noflip = transform_flow([ramp] * 2, [ramp] * 2, CropParams(0.75, "tl", False, True), **kw)
+    np.testing.assert_allclose(noflip[0].numpy()[:, ::-1], f[1].numpy(), atol=1e-5)
+
+
+def test_still_flow_stays_still_when_flipped():
+    still = [np.full((40, 60), 128, np.uint8)] * 2
+    f = transform_flow(still, still, CropParams(1.0, "c", True, True), scale_size=40, input_size=32)
+    np.testing.assert_allclose(f.numpy() * FLOW_STD + FLOW_MEAN, 128 / 255, atol=1e-6)
+
+
+def test_dataset_shares_one_draw_per_clip(tiny_root):
+    """In a real clip every frame got the same crop: flow and mmaps agree with RGB on the flip."""
+    m = discover(tiny_root)
+    cfg = DataConfig(frames=4, input_size=64, scale_size=64)
+    ds = ClipDataset(m, list(range(len(m.videos))), cfg, modalities=("rgb", "flow", "mmaps"), train=True)
+    item = ds[0]
+    rng = np.random.default_rng([0, 0, ds.indices[0], 1])
+    p = draw_params(rng, train=True)
+    v = m.videos[ds.indices[0]]
+    from fpar.data.imageio import read_rgb
+
+    idx = uniform_indices(v.num_frames, 4)
+    expected = transform_rgb([read_rgb(v.rgb[k]) for k in idx], p, scale_size=64, input_size=64)
+    torch.testing.assert_close(item["rgb"], expected)
+    assert ds[0]["rgb"].equal(item["rgb"])  # deterministic for (seed, epoch, video)
+    draws = set()
+    for epoch in range(6):  # a new epoch draws a new crop/flip
+        ds.set_epoch(epoch)
+        draws.add(draw_params(np.random.default_rng([0, epoch, ds.indices[0], 1]), train=True))
+    assert len(draws) > 1
+
+
+def test_downsample_bw_hand_computed():
+    m = torch.zeros(8, 8)
+    m[1, 1] = 1  # block (0,0) centre pixel for s=4 is (1,1)
+    m[0, 4] = 1  # not a centre pixel: ignored by plain downsampling
+    m[6:8, 6:8] = 1
+    out = downsample_mmaps(m, 4, "bw")
+    expected = torch.zeros(4, 4)
+    expected[0, 0] = 1
+    expected[3, 3] = 1
+    torch.testing.assert_close(out, expected)
+
+
+def test_downsample_grid_hand_computed():
+    m = torch.zeros(4, 4)
+    m[0, 0] = 1
+    m[0, 1] = 1
+    m[3, 3] = 1
+    out = downsample_mmaps(m, 2, "grid")
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.0], [0.0, 0.25]]))
+    # adaptive when blocks do not divide evenly: 5 -> 2 uses overlapping blocks [0:3], [2:5]
+    m5 = torch.ones(5, 5)
+    m5[:2] = 0
+    torch.testing.assert_close(downsample_mmaps(m5, 2, "grid"), torch.tensor([[1 / 3, 1 / 3], [1.0, 1.0]]))
+
+
+def test_downsample_224_sizes_and_batch_shape():
+    m = (torch.rand(2, 3, 224, 224) > 0.5).float()
+    for s in (7, 14, 28):
+        assert downsample_mmaps(m, s, "bw").shape == (2, 3, s, s)
+        g = downsample_mmaps(m, s, "grid")
+        torch.testing.assert_close(g.mean(), m.mean(), atol=1e-5, rtol=0)  # block means preserve the mean
+    # bw samples pixel 16 + 32 i at 7x7
+    torch.testing.assert_close(downsample_mmaps(m, 7, "bw"), m[..., 16::32, 16::32])

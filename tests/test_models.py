@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from fpar import create_model, list_models
-from fpar.config import DiscConfig, MSConfig, RepFlowConfig
+from fpar.config import DiscConfig, ModelConfig, MSConfig, OptimConfig, RepFlowConfig
 from fpar.engine.losses import disc_loss, ms_loss, ms_targets, total_loss
 from fpar.engine.stages import apply_trainable, param_groups, set_train_mode
 from fpar.models.ego_rnn import feature_size, make_static_clip
 from fpar.models.heads import MotionSegmentationHead
-from fpar.config import ModelConfig, OptimConfig
 
 STAGE1 = [r"^lstm\.", r"^classifier\."]
 STAGE2 = STAGE1 + [r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]

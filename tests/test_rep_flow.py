@@ -221,6 +221,33 @@ def test_divergence_is_negative_adjoint_of_forward_gradient():
     assert torch.all(ux[..., :-1] == 1) and torch.all(ux[..., -1] == 0) and torch.all(uy == 0)
 
 
+def test_solver_matches_opencv_single_scale_tvl1():
+    """OpenCV's dual TV-L1 with 1 scale, 1 warp and no median filter runs the same iteration. Its one-sided border
+    gradient is halved (ours is the plain one-sided difference), and that difference travels one pixel per iteration,
+    so compare beyond n_iter + 1 pixels of the border."""
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "optflow"):
+        pytest.skip("cv2.optflow missing (opencv-contrib-python-headless)")
+    n_iter = 10
+    a = smooth_texture(1, 1, 32, 40, sigma=1.5, seed=9)[0, 0].round().numpy().astype(np.uint8)
+    b = np.roll(a, (1, 1), axis=(0, 1))
+    algo = cv2.optflow.DualTVL1OpticalFlow_create()
+    algo.setScalesNumber(1)
+    algo.setWarpingsNumber(1)
+    algo.setOuterIterations(1)
+    algo.setInnerIterations(n_iter)
+    algo.setMedianFiltering(1)
+    algo.setEpsilon(0.0)
+    expected = algo.calc(a, b, None)  # (H, W, 2) float32
+    f1 = torch.from_numpy(a).double()[None, None]  # (1, 1, H, W)
+    f2 = torch.from_numpy(b).double()[None, None]
+    u1, u2 = tvl1_flow(f1, f2, n_iter=n_iter, lam=0.15, theta=0.3, tau=0.25)
+    m = n_iter + 1
+    got = np.stack([u1[0, 0].numpy(), u2[0, 0].numpy()], axis=-1)[m:-m, m:-m]
+    assert np.abs(expected[m:-m, m:-m]).max() > 0.1
+    np.testing.assert_allclose(got, expected[m:-m, m:-m], atol=1e-4)
+
+
 def test_solver_gradcheck():
     n, c, h, w = 1, 2, 4, 5
     f1 = smooth_texture(n, c, h, w, sigma=1.0, seed=6).requires_grad_()

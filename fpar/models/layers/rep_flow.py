@@ -18,6 +18,10 @@ Discrete operators (all per channel, x = width = last dim, y = height):
 * divergence of p: the matching backward difference with Chambolle's boundary cases, so that
   ``<grad u, p> = -<u, div p>`` exactly for the default stencils (div = -grad^T).
 
+With the exact stencils, `tvl1_flow` is the iteration of OpenCV's ``DualTVL1OpticalFlow`` run with 1 scale, 1 warp
+and no median filter; the only difference is OpenCV's halved one-sided border gradient (tests/test_rep_flow.py checks
+the agreement away from the border).
+
 Every stencil is a depthwise convolution (one kernel per channel, like ``groups=C``), evaluated by
 `depthwise_stencil` as a weighted sum of shifted slices instead of ``F.conv2d`` for speed (see there).
 """

@@ -298,6 +298,105 @@ def demo(
     run_demo(out, quick=quick, log=typer.echo)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# raw video: prepare / predict / export
+
+
+@app.command()
+def prepare(
+    videos: str = typer.Argument(..., help="VIDEOS/<subject>/<class>/<instance>.<ext> (or frame folders), or a .csv"),
+    out: str = typer.Argument(..., help="dataset root to write (GTEA61 course layout)"),
+    csv: str | None = typer.Option(None, "--csv", help="CSV video,subject,class[,start,end] (paths relative to it)"),
+    workers: int = typer.Option(1, "--workers", help="processes"),
+    fps: float | None = typer.Option(None, "--fps", help="resample videos to this frame rate (default: native)"),
+    short_side: int = typer.Option(256, "--short-side", help="shorter side of the written frames, px (0: keep)"),
+    flow: str = typer.Option("tvl1", "--flow", help="tvl1 (reference, slow) | dis (fast) | farneback"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+):
+    """Raw videos -> frames, warp flows (camera motion removed) and motion maps in the layout fpar trains on."""
+    from .video.prepare import prepare as run_prepare
+
+    s = run_prepare(
+        videos,
+        out,
+        csv=csv,
+        fps=fps,
+        short_side=short_side or None,
+        flow_method=flow,
+        workers=workers,
+        progress=not (quiet or json_out),
+    )
+    failed = s["failed"]
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        typer.echo(
+            f"prepared {len(s['processed'])} video(s) ({s['frames']} frames, flow {s['flow_method']}) in "
+            f"{s['seconds']:.1f} s -> {s['root']}"
+        )
+        typer.echo(f"skipped {len(s['skipped'])} video(s) already prepared with the same settings")
+        typer.echo(f"failed {len(failed)} video(s)" + (":" if failed else ""))
+        for f in failed:
+            typer.echo(f"  {f['key']} ({f['source']}): {f['error']}")
+    if failed:
+        raise FparError(
+            f"{len(failed)} of {s['videos']} video(s) failed (listed above); fix them and run again: prepared "
+            "videos are skipped"
+        )
+
+
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="run folder or checkpoint (any model)"),
+    video: str = typer.Argument(..., help="video file or frame folder"),
+    top: int = typer.Option(5, "--top", help="how many classes to show"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+    cam_dir: str | None = typer.Option(None, "--cam", help="folder for CAM overlays of the sampled frames (PNG)"),
+    flow: str = typer.Option("dis", "--flow", help="flow models: dis (fast) | tvl1 (reference) | farneback"),
+    fps: float | None = typer.Option(None, "--fps", help="resample the video to this frame rate first"),
+    short_side: int | None = typer.Option(None, "--short-side", help="frame size, px (default: data.scale_size)"),
+):
+    """Classify a raw video (or frame folder) with a trained run; flow is computed on the fly."""
+    from .video.predict import predict_video
+
+    _threads()
+    r = predict_video(run, video, top=top, cam_out=cam_dir, flow_method=flow, fps=fps, short_side=short_side)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    typer.echo(f"{r['video']}: {r['frames']} frames, {r['model']} ({r['checkpoint']})")
+    width = max(len(t["class"]) for t in r["top"])
+    for i, t in enumerate(r["top"], 1):
+        typer.echo(f"  {i:2d}. {t['class']:<{width}}  {100 * t['prob']:6.2f}%")
+    if r.get("cam"):
+        typer.echo(f"wrote {len(r['cam'])} CAM overlay(s) to {cam_dir}")
+
+
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="run folder or checkpoint (Ego-RNN or flow_resnet)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | torch-export"),
+    out: str | None = typer.Option(None, "--out", help="output file (default: best.onnx / best.pt2 beside the run)"),
+    frames: int | None = typer.Option(None, "--frames", help="Ego-RNN: clip length T (default: the run's)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Export the inference path (logits) to ONNX or torch.export, checked against PyTorch, plus a JSON sidecar."""
+    from .video.export import export_model
+
+    _threads()
+    r = export_model(run, out, format=fmt, frames=frames)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    batch = "dynamic batch" if r["dynamic_batch"] else "batch fixed to 1"
+    typer.echo(
+        f"wrote {r['path']} ({r['format']}, input {r['input_name']} {r['input_shape']}, {batch}); "
+        f"parity with {r['checked_with']}: max |diff| {r['max_abs_diff']:.2e} (tolerance {r['tolerance']:.0e}); "
+        f"sidecar {r['sidecar']}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -352,10 +352,12 @@ class SubjectStyle:
 
 
 STYLES = {
-    "S1": SubjectStyle((150, 120, 90), 18, 1.0, (1.0, 1.0, 1.0), 0.25, (225, 170, 140), 0.004),
-    "S2": SubjectStyle((95, 100, 110), 30, 0.82, (0.92, 0.98, 1.1), 0.4, (160, 110, 80), 0.008),
-    "S3": SubjectStyle((180, 175, 160), 12, 1.1, (1.05, 1.0, 0.9), 0.2, (240, 190, 160), 0.005),
-    "S4": SubjectStyle((120, 140, 120), 22, 0.95, (1.0, 1.04, 0.96), 0.3, (200, 145, 110), 0.006),
+    # table colour, texture, gain, tint, gradient, skin, shake. S2 (the test subject) has a cooler, darker and
+    # rougher table and darker skin: a real but not total domain shift, like GTEA61's subjects.
+    "S1": SubjectStyle((150, 122, 95), 18, 1.0, (1.0, 1.0, 1.0), 0.25, (225, 170, 140), 0.004),
+    "S2": SubjectStyle((118, 118, 128), 26, 0.92, (0.95, 1.0, 1.07), 0.35, (175, 125, 95), 0.008),
+    "S3": SubjectStyle((160, 150, 132), 12, 1.04, (1.04, 1.0, 0.94), 0.2, (235, 185, 155), 0.005),
+    "S4": SubjectStyle((128, 138, 118), 22, 0.97, (1.0, 1.03, 0.97), 0.3, (200, 145, 110), 0.006),
 }
 
 
@@ -425,7 +427,7 @@ def render_video(cls: str, style: SubjectStyle, n_frames: int, width: int, heigh
         margin - 1,
     )
 
-    size = height * rng.uniform(0.22, 0.3)
+    size = height * rng.uniform(0.3, 0.38)  # head-mounted camera: objects are large in the frame
     ctx = {
         "size": size,
         "anchor": np.array([margin + width * rng.uniform(0.35, 0.65), margin + height * rng.uniform(0.35, 0.55)]),

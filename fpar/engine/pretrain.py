@@ -127,6 +127,7 @@ def pretrain_backbone(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         train_acc = 100 * correct / max(seen, 1)
+        _recompute_bn_stats(model, train_ds, batch_size)
         test_acc = _frame_accuracy(model, test_ds, batch_size)
         log(
             f"pretrain epoch {epoch + 1}/{epochs}: train frames {train_acc:.1f}%, test frames {test_acc:.1f}% "
@@ -135,6 +136,25 @@ def pretrain_backbone(
     sd = {k: v for k, v in model.state_dict().items()}
     torch_save_atomic(sd, out)
     return {"train_acc": train_acc, "test_acc": test_acc, "classes": names, "path": str(out)}
+
+
+@torch.no_grad()
+def _recompute_bn_stats(model, ds, batch_size, max_batches: int = 20) -> None:
+    """Re-estimate BatchNorm running statistics with the final weights (cumulative average over a few batches):
+    after a short schedule the running averages still mix in early-training statistics, and the downstream stages
+    use the BN layers frozen in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for i, (x, _) in enumerate(DataLoader(ds, batch_size=batch_size, shuffle=False)):
+        if i >= max_batches:
+            break
+        model.forward_features(x)
+    for m in bns:
+        m.momentum = 0.1
+    model.eval()
 
 
 @torch.no_grad()

@@ -50,8 +50,10 @@ def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
             str(data),
             backbone,
             epochs=1 if quick else 4,
-            input_size=64 if quick else 112,
-            scale_size=64 if quick else 128,
+            per_video=6,
+            lr=2e-3,
+            input_size=64 if quick else 96,
+            scale_size=64 if quick else 112,
             log=lambda m: log("      " + m),
         )
     else:

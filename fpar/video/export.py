@@ -1,0 +1,306 @@
+"""Export a trained single-stream model for deployment: ONNX (onnxruntime, mobile / wearable runtimes) or a
+``torch.export`` program (``.pt2``).
+
+The exported graph is the inference path only: it returns the logits (B, classes) and nothing else (no MS head, no
+static-dynamic discriminator, no attention maps; dropout is off). Inputs:
+
+* Ego-RNN (every variant: CAM or not, MS, discriminator, representation flow): ``clip`` (B, T, 3, S, S), T RGB frames
+  ImageNet-normalised after the test transform; the ConvLSTM loop is unrolled for T steps, so T is fixed
+  (``data.frames`` of the run unless ``frames`` is given) and so is S (``data.input_size``);
+* flow_resnet: ``flow`` (B, 2L, S, S), one stack of L warp flows, channels x0, y0, x1, y1, ..., each flow image
+  (8-bit grey, bound 20 px) scaled to [0, 1] and normalised with the flow mean / std.
+
+The batch axis B is dynamic (checked at B = 1 and B = 2); if a backend cannot keep it dynamic the export falls back to
+a fixed B = 1 and says so (``dynamic_batch`` false). Two-stream models are not exported (two inputs with their own
+preprocessing; see `export_model`).
+
+Every export is checked against the PyTorch model on random inputs before it is moved into place (the file appears
+only when the check passes), and a JSON sidecar ``<file>.json`` records what an app needs to feed it: classes,
+input shape and layout, normalisation and the preprocessing recipe.
+
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): torch >= 2.9 defaults to the
+torch.export-based exporter, which needs the separate ``onnxscript`` package; the TorchScript exporter needs nothing
+beyond ``fpar[export]`` (onnx, onnxruntime) and exports these models exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from fpar.errors import FparError
+
+__all__ = ["export_model", "FORMATS", "SUFFIX"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torch-export")
+SUFFIX = {"onnx": ".onnx", "torch-export": ".pt2"}
+RTOL = 1e-4  # parity: max |exported - eager| <= RTOL * max(1, max |eager logit|)
+INSTALL_HINT = "pip install 'fpar[export]'  (or: pip install onnx onnxruntime)"
+
+
+def _require_onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise FparError(f"ONNX export needs the optional packages onnx and onnxruntime ({e}); {INSTALL_HINT}") from None
+    return onnx, onnxruntime
+
+
+def _logits_module(model, name: str):
+    """An ``nn.Module`` mapping the single input tensor to logits (B, classes), inference path only."""
+    from torch import nn
+
+    class EgoRNNLogits(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, clip):  # (B, T, 3, S, S) -> (B, classes)
+            return self.model(clip, with_ms=False).logits
+
+    class FlowLogits(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.model = m
+
+        def forward(self, flow):  # (B, 2L, S, S) -> (B, classes)
+            return self.model(flow).logits
+
+    m = copy.deepcopy(model).eval()
+    if name == "ego_rnn":
+        # Training-only heads: dropping them keeps their weights out of the exported file.
+        m.ms_head = None
+        m.disc = None
+        return EgoRNNLogits(m).eval()
+    return FlowLogits(m).eval()
+
+
+def _parity(run, wrapper, inputs) -> tuple[float, float]:
+    """max |run(x) - wrapper(x)| over ``inputs`` and the tolerance it must stay within."""
+    import torch
+
+    diff, scale = 0.0, 1.0
+    with torch.no_grad():
+        for x in inputs:
+            ref = wrapper(x)
+            got = torch.as_tensor(run(x)).to(ref.dtype)
+            if got.shape != ref.shape:
+                raise FparError(f"the exported model returned shape {tuple(got.shape)} instead of {tuple(ref.shape)}")
+            diff = max(diff, float((got - ref).abs().max()))
+            scale = max(scale, float(ref.abs().max()))
+    return diff, RTOL * scale
+
+
+def _export_onnx(wrapper, sample, tmp: Path, input_name: str, *, dynamic: bool, opset: int):
+    import torch
+
+    onnx, ort = _require_onnx()
+    with warnings.catch_warnings():
+        # the TorchScript exporter warns that it is the legacy one, and the tracer about the models' shape checks
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)  # strided slices
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=["logits"],
+            dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}} if dynamic else None,
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(tmp))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(tmp), so, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return torch.from_numpy(sess.run(["logits"], {input_name: x.numpy()})[0])
+
+    return run, f"onnxruntime {ort.__version__}"
+
+
+def _export_torch(wrapper, sample, tmp: Path, input_name: str, *, dynamic: bool):
+    import torch
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+    with torch.no_grad():
+        ep = torch.export.export(wrapper, (sample,), dynamic_shapes=shapes)
+    torch.export.save(ep, str(tmp))
+    loaded = torch.export.load(str(tmp)).module()  # the check runs the saved file, not the in-memory program
+    return (lambda x: loaded(x)), f"torch.export.load (torch {torch.__version__})"
+
+
+def export_model(
+    run_or_checkpoint: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    format: str = "onnx",
+    frames: int | None = None,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export a trained Ego-RNN or flow_resnet run (logits only) and check it reproduces the PyTorch model.
+
+    Args:
+        run_or_checkpoint: a run folder (its ``best.pt``) or a checkpoint file.
+        out: output file; default next to the checkpoint (``runs/x/best.onnx`` / ``best.pt2``).
+        format: ``"onnx"`` (needs ``fpar[export]``) or ``"torch-export"`` (``torch.export`` program, ``.pt2``).
+        frames: Ego-RNN only: the clip length T to unroll for (default: the run's ``data.frames``).
+        opset: ONNX opset (>= 17).
+
+    Returns:
+        ``{"path", "format", "max_abs_diff", "tolerance", "input_shape" ([1, T, 3, S, S] or [1, 2L, S, S]),
+        "input_name", "dynamic_batch", "sidecar", "checked_with"}``.
+
+    Raises:
+        FparError: a two-stream run (not supported), unknown format, missing onnx / onnxruntime, or an export that
+        does not reproduce the model within the tolerance (nothing is written then).
+    """
+    import torch
+
+    from fpar import __version__, load_run
+    from fpar.config import from_dict
+    from fpar.utils import atomic_write_json
+
+    if format not in FORMATS:
+        raise FparError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        _require_onnx()  # fail before loading anything
+        if opset < 17:
+            raise FparError(f"opset={opset}: ONNX export needs opset 17 or newer")
+    model, info = load_run(str(run_or_checkpoint))
+    ckpt_path = Path(info.get("path") or str(run_or_checkpoint))
+    cfg = from_dict(info["config"], str(ckpt_path))
+    name = cfg.model.name
+    if name == "two_stream":
+        raise FparError(
+            f"{ckpt_path} is a two-stream model: exporting it is not supported, because an export here is one input "
+            "tensor -> logits with one preprocessing recipe, and this model needs two inputs (a T-frame RGB clip and a "
+            "warp-flow stack with its own sampling and normalisation, computed by OpenCV outside the network); export "
+            f"its streams separately (model.rgb_run={cfg.model.rgb_run}, model.flow_run={cfg.model.flow_run}) and "
+            "average their logits (late fusion), or run it in PyTorch with `fpar predict`"
+        )
+    size = int(info.get("input_size") or cfg.data.input_size)
+    if name == "ego_rnn":
+        t = int(frames) if frames is not None else cfg.data.frames
+        min_t = 2 if cfg.model.repflow.enabled else 1
+        if t < min_t:
+            raise FparError(f"frames={t}: this Ego-RNN needs at least {min_t} frame(s) per clip")
+        shape, input_name = [1, t, 3, size, size], "clip"
+        layout = "(batch, T, 3, S, S): T RGB frames (R, G, B channels), (x / 255 - rgb_mean) / rgb_std"
+    else:  # flow_resnet
+        if frames is not None:
+            raise FparError(
+                f"frames={frames} applies to Ego-RNN models only: a flow model's input is one stack of "
+                f"{cfg.data.flow_stack} flows, fixed by its first convolution"
+            )
+        shape, input_name = [1, model.stack_channels, size, size], "flow"
+        layout = (
+            "(batch, 2L, S, S): L warp flows, channels x0, y0, x1, y1, ...; each flow image is 8-bit grey "
+            "v = round(128 + 255 * f / 40) (f in px, bound 20), fed as (v / 255 - flow_mean) / flow_std"
+        )
+
+    out_path = Path(out) if out is not None else ckpt_path.with_suffix(SUFFIX[format])
+    if out_path.is_dir():
+        raise FparError(f"--out {out_path} is a folder; give a file name, e.g. {out_path / ('model' + SUFFIX[format])}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.parent / f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}"
+
+    wrapper = _logits_module(model, name)
+    gen = torch.Generator().manual_seed(0)
+    sample2 = torch.randn([2, *shape[1:]], generator=gen)  # B = 2: a B = 1 trace would specialise the batch to 1
+    checks = [torch.randn(shape, generator=gen), torch.randn([2, *shape[1:]], generator=gen)]
+
+    result: dict[str, Any] | None = None
+    try:
+        for dynamic in (True, False):
+            sample = sample2 if dynamic else checks[0]
+            inputs = checks if dynamic else checks[:1]
+            try:
+                if format == "onnx":
+                    run, checked_with = _export_onnx(wrapper, sample, tmp, input_name, dynamic=dynamic, opset=opset)
+                else:
+                    run, checked_with = _export_torch(wrapper, sample, tmp, input_name, dynamic=dynamic)
+                diff, tol = _parity(run, wrapper, inputs)
+            except FparError:
+                raise
+            except Exception as e:
+                if not dynamic:
+                    raise FparError(f"{format} export of {ckpt_path} failed: {type(e).__name__}: {e}") from e
+                log.warning("%s export with a dynamic batch failed (%s: %s); exporting batch 1", format, type(e), e)
+                continue
+            if diff <= tol:
+                result = {"dynamic": dynamic, "diff": diff, "tol": tol, "checked_with": checked_with}
+                break
+            if not dynamic:
+                raise FparError(
+                    f"the {format} export of {ckpt_path} does not reproduce the PyTorch model: max |diff| {diff:.3g} "
+                    f"> {tol:.3g}; nothing was written"
+                )
+            log.warning("%s export with a dynamic batch differs by %.3g; exporting batch 1", format, diff)
+        assert result is not None
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    norm = dict(info.get("normalisation") or {})
+    sidecar = out_path.with_name(out_path.name + ".json")
+    meta = {
+        "fpar_version": __version__,
+        "torch_version": torch.__version__,
+        "format": format,
+        "file": out_path.name,
+        "model": name,
+        "checkpoint": str(ckpt_path),
+        "epoch": info.get("epoch"),
+        "classes": list(info["classes"]),
+        "input": {
+            "name": input_name,
+            "shape": shape,
+            "dynamic_batch": result["dynamic"],
+            "dtype": "float32",
+            "layout": layout,
+        },
+        "output": {
+            "name": "logits",
+            "shape": [1, len(info["classes"])],
+            "note": "softmax over axis 1 for probabilities",
+        },
+        "normalisation": norm,
+        "preprocessing": {
+            "frames": shape[1] if name == "ego_rnn" else None,
+            "sampling": f"uniform_indices(N, T, method={cfg.data.sampling!r}) (seed: frame k = floor(k * N / T))",
+            "flow_stack": cfg.data.flow_stack if name == "flow_resnet" else None,
+            "flow": "warp flow (camera homography removed) from frame k to k+1, centred stack, bound 20 px"
+            if name == "flow_resnet"
+            else None,
+            "scale_size": cfg.data.scale_size,
+            "input_size": size,
+            "crop": "resize the shorter side to scale_size, centre crop input_size x input_size",
+        },
+        "parity": {"max_abs_diff": result["diff"], "tolerance": result["tol"], "checked_with": result["checked_with"]},
+    }
+    if format == "onnx":
+        meta["opset"] = opset
+    atomic_write_json(sidecar, meta)
+    return {
+        "path": str(out_path),
+        "format": format,
+        "max_abs_diff": result["diff"],
+        "tolerance": result["tol"],
+        "input_shape": shape,
+        "input_name": input_name,
+        "dynamic_batch": result["dynamic"],
+        "sidecar": str(sidecar),
+        "checked_with": result["checked_with"],
+    }

@@ -1,0 +1,338 @@
+"""Predict the action of one raw video (a video file or a frame folder) with a trained run.
+
+The clip is built exactly as the test pipeline (:class:`fpar.data.dataset.ClipDataset` with ``train=False``) builds
+it from a prepared dataset, so a video gives the scores `fpar eval` would give it once prepared:
+
+* frames are decoded (PyAV) or read (frame folder) and resized so that their shorter side is ``short_side``, the
+  run's ``data.scale_size`` by default, as ``fpar prepare --short-side`` does (a prepared frame folder at that size is
+  used unchanged). Flow magnitudes are in pixels of these frames, like the stored flows training saw;
+* T = ``data.frames`` frames are chosen with :func:`~fpar.data.sampling.uniform_indices` (``data.sampling``) over the
+  N frames and go through the test transform (shorter side to ``scale_size``, centre crop ``input_size``);
+* flow models (flow_resnet, two_stream): the N-1 warp flows are those ``fpar prepare`` would write (flow k from frame
+  k to k+1, camera motion removed, :func:`~fpar.video.flow.warp_flow`), encoded to 8-bit grey with
+  :func:`~fpar.video.flowcodec.encode_flow` (bound 20 px, the values training decoded) and only computed for the
+  centred stack of ``data.flow_stack`` flows (:func:`~fpar.data.sampling.flow_stack_start`, ``train=False``; or the
+  ``data.flow_stacks_test`` evenly spaced stacks whose scores are averaged). ``flow_method`` defaults to ``"dis"``
+  (fast); ``"tvl1"`` is the reference quality that datasets prepared with the default ``fpar prepare`` used.
+
+Long videos are not held in memory whole: past :data:`BUFFER_BYTES` of decoded frames the rest is only counted and
+the video is decoded a second time, keeping just the frames the clip needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fpar.errors import FparError
+
+__all__ = ["predict_video", "load_clip", "BUFFER_BYTES"]
+
+log = logging.getLogger(__name__)
+
+BUFFER_BYTES = 512 * 2**20  # decoded frames kept from the first pass before falling back to a second, selective one
+
+
+# ----------------------------------------------------------------------------------------------- frame selection
+
+
+def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path) -> dict[str, Any]:
+    """Which frames and flows the clip of an N-frame video uses (the test pipeline's choices)."""
+    from fpar.data.sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
+
+    if n < 1:
+        raise FparError(f"no frames decoded from {source}; check the file (or re-encode it with ffmpeg)")
+    plan: dict[str, Any] = {"frames": n, "rgb": [], "stacks": []}
+    if rgb:
+        plan["rgb"] = uniform_indices(n, cfg.data.frames, method=cfg.data.sampling)
+    if flow:
+        L = cfg.data.flow_stack
+        if n < L + 1:
+            raise FparError(
+                f"{source} has {n} frame(s); this flow model stacks {L} consecutive flows, which needs at least "
+                f"{L + 1} frames (flow k goes from frame k to k+1); give a longer clip"
+            )
+        m = n - 1  # flows
+        starts = (
+            [flow_stack_start(m, L, train=False)]
+            if cfg.data.flow_stacks_test <= 1
+            else flow_stack_starts(m, L, cfg.data.flow_stacks_test)
+        )
+        plan["stacks"] = [stack_indices(s, L, m) for s in starts]
+    need = set(plan["rgb"])
+    for stack in plan["stacks"]:
+        for k in stack:
+            need.update((k, k + 1))
+    plan["need"] = sorted(need)
+    return plan
+
+
+def _frame_folder(path: Path) -> Path:
+    """A frame folder holds its images directly or in ``rgb/`` (an instance folder of a prepared dataset)."""
+    from fpar.video.io import list_frame_files
+
+    if not list_frame_files(path) and (path / "rgb").is_dir():
+        return path / "rgb"
+    return path
+
+
+def _folder_frames(folder: Path, short_side: int, plan_for: Callable[[int], dict]) -> tuple[dict, dict[int, Any]]:
+    from fpar.video.io import IMAGE_EXTENSIONS, _read_image_rgb, list_frame_files, resize_short_side
+
+    files = list_frame_files(folder)
+    if not files:
+        raise FparError(f"no image files in frame folder {folder}; expected {', '.join(IMAGE_EXTENSIONS)} files")
+    plan = plan_for(len(files))
+    frames = {i: resize_short_side(_read_image_rgb(files[i]), short_side) for i in plan["need"]}
+    sizes = {f.shape[:2] for f in frames.values()}
+    if len(sizes) > 1:
+        raise FparError(f"frames of {folder} differ in size ({sorted(sizes)}); all frames of a clip must match")
+    return plan, frames
+
+
+def _video_frames(
+    path: Path, fps: float | None, short_side: int, plan_for: Callable[[int], dict]
+) -> tuple[dict, dict[int, Any]]:
+    from fpar.video.io import iter_video
+
+    kept: list[np.ndarray] = []
+    nbytes = 0
+    it = iter_video(path, fps=fps, short_side=short_side)
+    for frame in it:
+        kept.append(frame)
+        nbytes += frame.nbytes
+        if nbytes > BUFFER_BYTES:
+            break
+    else:  # the whole video fits: one pass
+        plan = plan_for(len(kept))
+        return plan, {i: kept[i] for i in plan["need"]}
+    # Too long to hold: count the rest with the same decoder, then decode again keeping only the needed frames.
+    n = len(kept) + sum(1 for _ in it)
+    del kept
+    plan = plan_for(n)
+    need, last = set(plan["need"]), max(plan["need"])
+    frames: dict[int, np.ndarray] = {}
+    it = iter_video(path, fps=fps, short_side=short_side)
+    try:
+        for i, frame in enumerate(it):
+            if i in need:
+                frames[i] = frame
+            if i >= last:
+                break
+    finally:
+        it.close()  # stops decoding (and closes the container) early
+    if len(frames) != len(need):
+        raise FparError(f"{path} gave {n} frames on a first pass but fewer on the second; re-encode it with ffmpeg")
+    return plan, frames
+
+
+def load_clip(
+    video: str | os.PathLike,
+    cfg,
+    *,
+    rgb: bool = True,
+    flow: bool = False,
+    flow_method: str = "dis",
+    fps: float | None = None,
+    short_side: int | None = None,
+) -> dict[str, Any]:
+    """The model inputs of one video as the test pipeline makes them (see the module docstring).
+
+    Args:
+        video: a video file (anything PyAV reads) or a frame folder (images in natural order, or an instance folder
+            with an ``rgb/`` subfolder).
+        cfg: the run's :class:`~fpar.config.ExperimentConfig` (``data.frames``, ``flow_stack``, ``flow_stacks_test``,
+            ``input_size``, ``scale_size``, ``sampling``).
+        rgb, flow: which modalities to build.
+        flow_method: ``"dis"``, ``"tvl1"`` or ``"farneback"`` (the flow estimator inside the warp flow).
+        fps: resample a video file to this frame rate first (ignored for frame folders).
+        short_side: shorter side of the frames before the transform; default ``cfg.data.scale_size``.
+
+    Returns:
+        ``{"rgb": (1, T, 3, S, S) float32 | None, "flow": (1, 2L, S, S) or (1, K, 2L, S, S) float32 | None,
+        "frames": N, "indices": the T sampled frame indices (0-based), "flow_stacks": [[flow indices], ...],
+        "crops": the T sampled frames as (S, S, 3) uint8 centre crops, "short_side": int}``.
+
+    Raises:
+        FparError: missing / unreadable input, or too few frames for a flow stack.
+    """
+    import torch
+
+    from fpar.data.transforms import CropParams, apply_crop, crop_box, transform_flow, transform_rgb
+    from fpar.video.flow import FLOW_METHODS, to_grey, warp_flow
+    from fpar.video.flowcodec import encode_flow
+
+    if flow and flow_method not in FLOW_METHODS:
+        raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
+    short_side = int(short_side or cfg.data.scale_size)
+    if short_side <= 0:
+        raise FparError(f"short_side={short_side} must be a positive number of pixels")
+    path = Path(video)
+    if not path.exists():
+        raise FparError(f"video file or frame folder not found: {path}; give a video file or a folder of frames")
+
+    def plan_for(n: int) -> dict:
+        return _plan(n, cfg, rgb=rgb, flow=flow, source=path)
+
+    t0 = time.perf_counter()
+    if path.is_dir():
+        if fps is not None:
+            log.info("%s is a frame folder: fps=%s ignored (frames are used as they are)", path, fps)
+        plan, frames = _folder_frames(_frame_folder(path), short_side, plan_for)
+    else:
+        plan, frames = _video_frames(path, fps, short_side, plan_for)
+    t_read = time.perf_counter() - t0
+
+    p = CropParams(train=False)
+    kw = dict(scale_size=cfg.data.scale_size, input_size=cfg.data.input_size)
+    out: dict[str, Any] = {
+        "rgb": None,
+        "flow": None,
+        "frames": plan["frames"],
+        "indices": plan["rgb"],
+        "flow_stacks": plan["stacks"],
+        "crops": [],
+        "short_side": short_side,
+    }
+    if rgb:
+        chosen = [frames[i] for i in plan["rgb"]]
+        out["rgb"] = transform_rgb(chosen, p, **kw)[None]  # (1, T, 3, S, S)
+        h, w = chosen[0].shape[:2]
+        box = crop_box(w, h, p, **kw)
+        out["crops"] = [apply_crop(f, box, cfg.data.input_size) for f in chosen]  # (S, S, 3) each
+    if flow:
+        t1 = time.perf_counter()
+        greys: dict[int, np.ndarray] = {}
+        encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+        def grey(i: int) -> np.ndarray:
+            if i not in greys:
+                greys[i] = to_grey(frames[i])
+            return greys[i]
+
+        stacks = []
+        for idx in plan["stacks"]:
+            for k in idx:
+                if k not in encoded:
+                    wf = warp_flow(grey(k), grey(k + 1), flow_method)  # (H, W, 2): frame k -> k+1, camera removed
+                    encoded[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
+            fx = [encoded[k][0] for k in idx]
+            fy = [encoded[k][1] for k in idx]
+            stacks.append(transform_flow(fx, fy, p, **kw))  # (2L, S, S)
+        f = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L, S, S) or (K, 2L, S, S)
+        out["flow"] = f[None]
+        log.info("%s: %d warp flows (%s) in %.2f s", path, len(encoded), flow_method, time.perf_counter() - t1)
+    log.info("%s: %d frames, %d read in %.2f s", path, plan["frames"], len(frames), t_read)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+
+
+def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int]) -> list[str]:
+    import cv2
+
+    from fpar.experiments.cam import overlay
+    from fpar.utils import atomic_write_bytes
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    # attn (T', h, w); T' = T - 1 with the representation-flow layer: map k belongs to the step from frame k to k+1
+    for k, (crop, a) in enumerate(zip(crops, attn)):
+        img = overlay(crop, a.float().numpy())  # (S, S, 3) RGB
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise OSError("PNG encoding failed")
+        p = out_dir / f"cam{k + 1:02d}_frame{indices[k] + 1:05d}.png"
+        atomic_write_bytes(p, buf.tobytes())
+        paths.append(str(p))
+    return paths
+
+
+def predict_video(
+    run_or_checkpoint: str | os.PathLike,
+    video: str | os.PathLike,
+    *,
+    top: int = 5,
+    cam_out: str | os.PathLike | None = None,
+    flow_method: str = "dis",
+    fps: float | None = None,
+    short_side: int | None = None,
+) -> dict[str, Any]:
+    """Classify one video file or frame folder with a trained run (any model family).
+
+    Args:
+        run_or_checkpoint: a run folder (its ``best.pt``) or a checkpoint file.
+        video: a video file or a frame folder.
+        top: how many classes to return (at most the number of classes).
+        cam_out: folder for CAM overlay PNGs of the sampled frames (``cam01_frame00012.png``, ...): Ego-RNN with CAM
+            or two-stream (its RGB stream) only.
+        flow_method: flow estimator of the on-the-fly warp flow (flow_resnet / two_stream): ``"dis"`` (fast, default),
+            ``"tvl1"`` (reference quality) or ``"farneback"``.
+        fps: resample a video file to this frame rate first (None: every frame).
+        short_side: shorter side of the frames before the transform (default: the run's ``data.scale_size``).
+
+    Returns:
+        ``{"video", "model", "checkpoint", "top": [{"class", "prob"}, ...] (most probable first), "frames": N,
+        "sampled": the T RGB frame indices (0-based; empty for flow_resnet), "flow_stacks": [[flow indices], ...] and
+        "flow_method" (flow models; flow k goes from frame k to k+1), "cam": [PNG paths] (with ``cam_out``)}``.
+
+    Raises:
+        FparError: bad run, missing / unreadable video, too few frames for a flow stack, ``cam_out`` with a model
+        that has no CAM.
+    """
+    import torch
+
+    from fpar import load_run
+    from fpar.config import from_dict
+    from fpar.engine.build import forward_batch
+    from fpar.video.flow import FLOW_METHODS
+
+    if top < 1:
+        raise FparError(f"top={top} must be >= 1")
+    if flow_method not in FLOW_METHODS:
+        raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
+    model, info = load_run(str(run_or_checkpoint))
+    cfg = from_dict(info["config"], info.get("path") or "checkpoint")
+    name = cfg.model.name
+    use_rgb = name != "flow_resnet"
+    use_flow = name in ("flow_resnet", "two_stream")
+    if cam_out is not None:
+        if name == "flow_resnet":
+            raise FparError(
+                f"{info['path']} is a flow model (flow_resnet): it has no CAM attention; --cam works with Ego-RNN and "
+                "two-stream runs"
+            )
+        rgb_model = model.rgb if name == "two_stream" else model
+        if not rgb_model.cam:
+            raise FparError(f"{info['path']} was trained with model.cam=false: it has no attention map to show")
+
+    clip = load_clip(video, cfg, rgb=use_rgb, flow=use_flow, flow_method=flow_method, fps=fps, short_side=short_side)
+    batch = {k: clip[k] for k in ("rgb", "flow") if clip[k] is not None}
+    with torch.inference_mode():
+        out = forward_batch(model, cfg, batch, train=False)
+    probs = out.logits.float().softmax(dim=1)[0]  # (classes,)
+    classes = list(info["classes"])
+    p, c = probs.topk(min(int(top), len(classes)))  # sorted, most probable first
+    result: dict[str, Any] = {
+        "video": str(video),
+        "model": name,
+        "checkpoint": info.get("path"),
+        "top": [{"class": classes[int(i)], "prob": float(v)} for v, i in zip(p, c)],
+        "frames": clip["frames"],
+        "sampled": clip["indices"],
+    }
+    if use_flow:
+        result["flow_stacks"] = clip["flow_stacks"]
+        result["flow_method"] = flow_method
+    if cam_out is not None:
+        if out.attn is None:  # checked above; a model that skipped attention would be a bug
+            raise FparError(f"{info['path']} returned no attention map")
+        result["cam"] = _write_cams(clip["crops"], out.attn[0], Path(cam_out), clip["indices"])
+    return result

@@ -74,7 +74,7 @@ def test_stage2_from_stage1_and_validation_selection(tiny_overrides, tmp_path):
 def test_init_from_wrong_model_is_refused(tiny_overrides, tmp_path):
     train(_cfg(tiny_overrides, tmp_path / "flow", "train.epochs=1", "model.name=flow_resnet",
                "train.trainable=[.]", "data.flow_stack=2"), log=lambda m: None)
-    with pytest.raises(FparError, match="flow_resnet run"):
+    with pytest.raises(FparError, match="model 'flow_resnet'"):
         train(_cfg(tiny_overrides, tmp_path / "x", "train.epochs=1", f"init.from={tmp_path / 'flow'}"),
               log=lambda m: None)
 

@@ -96,10 +96,13 @@ def build_model(cfg: ExperimentConfig, classes: list[str]) -> tuple[nn.Module, d
 
 def load_stream(run: str, expected: str, classes: list[str], key: str) -> tuple[nn.Module, ExperimentConfig]:
     """A trained single-stream model from a run folder or checkpoint, checked against what the caller needs."""
-    ckpt = load_checkpoint(run)
+    try:
+        ckpt = load_checkpoint(run)
+    except FparError as e:
+        raise FparError(f"{key}: {e}") from None
     scfg = from_dict(ckpt["config"], ckpt["path"])
     if scfg.model.name != expected:
-        raise FparError(f"{key}={run} is a {scfg.model.name} run; give a trained {expected} run")
+        raise FparError(f"{key}={run} is a run of model '{scfg.model.name}'; give a trained {expected} run")
     if list(ckpt["classes"]) != list(classes):
         raise FparError(
             f"{key}={run} was trained on {len(ckpt['classes'])} classes that differ from this dataset's "
@@ -144,7 +147,9 @@ def init_from(model: nn.Module, cfg: ExperimentConfig, classes: list[str]) -> di
     ckpt = load_checkpoint(cfg.init.from_, cfg.init.checkpoint)
     src = from_dict(ckpt["config"], ckpt["path"])
     if src.model.name != cfg.model.name:
-        raise FparError(f"init.from={cfg.init.from_} is a {src.model.name} run; this run trains {cfg.model.name}")
+        raise FparError(
+            f"init.from={cfg.init.from_} is a run of model '{src.model.name}'; this run trains {cfg.model.name}"
+        )
     if list(ckpt["classes"]) != list(classes):
         raise FparError(
             f"init.from={cfg.init.from_} was trained on other classes ({len(ckpt['classes'])}) than this "

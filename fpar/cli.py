@@ -397,10 +397,119 @@ def export_cmd(
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# sweeps / reports / reproductions of the report's tables
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    if not seeds:
+        return None
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise FparError(f"--seeds {seeds!r} is not a comma-separated list of integers, e.g. --seeds 0,1,2") from None
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep_cmd(
+    grid: str = typer.Argument(..., help="grid file, or a sweep folder with --status"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value for every trial (after the grid's values)"),
+    workers: int = typer.Option(1, "--workers", help="trials trained at the same time, one process each"),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: sweep.db in --out)"),
+    out: str | None = typer.Option(None, "--out", help="sweep folder (default: sweeps/<name>)"),
+    seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds replacing the grid's"),
+    max_trials: int | None = typer.Option(None, "--max-trials", help="start at most N trials in this call"),
+    no_retry: bool = typer.Option(False, "--no-retry-failed", help="do not run failed trials again"),
+    status: bool = typer.Option(False, "--status", help="print the state of every trial; train nothing"),
+):
+    """Run every trial of a grid file as a run folder under the sweep folder; a second call resumes it."""
+    from .experiments.sweep import format_status, run_sweep, sweep_dir_for, sweep_status
+
+    if status:
+        p = Path(grid)
+        if not p.is_dir():
+            from .experiments.grid import load_grid
+
+            p = sweep_dir_for(load_grid(grid), out)
+        typer.echo(format_status(sweep_status(p, storage=storage)))
+        return
+    _threads()
+    s = run_sweep(
+        grid,
+        workers=workers,
+        storage=storage,
+        out=out,
+        log=typer.echo,
+        extra_overrides=overrides or [],
+        seeds=_seed_list(seeds),
+        retry_failed=not no_retry,
+        max_trials=max_trials,
+    )
+    typer.echo(format_status(s))
+    failed = [r for r in s["trials"] if r["state"] == "failed"]
+    stopped = [r for r in s["trials"] if r["state"] == "interrupted"]
+    if failed:
+        typer.echo(f"{len(failed)} trial(s) failed; their errors are above and in <run>/error.txt", err=True)
+    if stopped:
+        typer.echo(f"{len(stopped)} trial(s) not finished; run the same command again to continue", err=True)
+    if failed or stopped:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    paths: list[str] = typer.Argument(..., help="sweep folders and/or run folders"),
+    out: str = typer.Option("report", "--out", help="folder for table.md, table.csv, figures/, index.html"),
+    all_runs: bool = typer.Option(False, "--all-runs", help="per-run figures for every seed (default: best seed)"),
+    title: str | None = typer.Option(None, "--title"),
+):
+    """Tables (mean ± std over seeds per grid point, beside the report's numbers), figures and index.html."""
+    from .experiments.report import make_report
+
+    r = make_report(paths, out, all_runs=all_runs, title=title)
+    typer.echo(r["markdown"])
+    typer.echo(f"wrote {Path(out) / 'index.html'}, table.md, table.csv and {len(r['files']) - 3} figure(s)")
+
+
+@app.command("reproduce", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def reproduce_cmd(
+    figure: str = typer.Argument(..., help="fig07 ... fig25, 21, loso or fig20"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value for every run"),
+    data: str = typer.Option(..., "--data", help="dataset root"),
+    quick: bool = typer.Option(False, "--quick", help="tiny runs (minutes on a CPU); every point still runs"),
+    workers: int = typer.Option(1, "--workers", help="trials trained at the same time, one process each"),
+    out: str | None = typer.Option(None, "--out", help="sweep folder (default: sweeps/<figure>[-quick])"),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL shared by many machines"),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="backbone weights (e.g. from `fpar pretrain`)"),
+    seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds replacing the table's"),
+):
+    """Run one table of the report (stage 1 first where needed) and print it beside the report's numbers."""
+    from .experiments.reproduce import reproduce
+
+    _threads()
+    r = reproduce(
+        figure,
+        data,
+        quick=quick,
+        workers=workers,
+        out=out,
+        storage=storage,
+        pretrained=pretrained,
+        overrides=overrides or [],
+        seeds=_seed_list(seeds),
+        log=typer.echo,
+    )
+    bad = [t for t in r.get("status", {}).get("trials", []) if t["state"] in ("failed", "interrupted")]
+    if bad:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        if isinstance(rv, int):  # typer returns the exit code (e.g. 130 after Ctrl-C) instead of raising
+            return rv
     except FparError as e:
         typer.echo(f"error: {e}", err=True)
         return FparError.exit_code

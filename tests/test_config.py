@@ -5,8 +5,17 @@ from fpar.errors import FparError
 
 
 def test_defaults_and_overrides_types():
-    cfg = load_config(None, ["optim.lr=1e-4", "sched.milestones=[25,75]", "model.cam=false", "init.from=runs/a",
-                             "data.train_subjects=[S1,S3]", "seed=3"])
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=1e-4",
+            "sched.milestones=[25,75]",
+            "model.cam=false",
+            "init.from=runs/a",
+            "data.train_subjects=[S1,S3]",
+            "seed=3",
+        ],
+    )
     assert cfg.optim.lr == pytest.approx(1e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.sched.milestones == [25, 75]
     assert cfg.model.cam is False
@@ -17,9 +26,21 @@ def test_defaults_and_overrides_types():
 
 def test_required_keys_exist():
     keys = set(valid_keys())
-    for k in ["data.root", "data.frames", "data.input_size", "model.cam", "init.from", "optim.lr",
-              "optim.weight_decay", "sched.milestones", "sched.gamma", "train.epochs", "train.batch_size", "seed",
-              "out"]:
+    for k in [
+        "data.root",
+        "data.frames",
+        "data.input_size",
+        "model.cam",
+        "init.from",
+        "optim.lr",
+        "optim.weight_decay",
+        "sched.milestones",
+        "sched.gamma",
+        "train.epochs",
+        "train.batch_size",
+        "seed",
+        "out",
+    ]:
         assert k in keys
 
 
@@ -43,8 +64,10 @@ def test_yaml_extends_and_roundtrip(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("name: a\noptim: {lr: 0.01}\ntrain: {epochs: 5, batch_size: 2}\n")
     child = tmp_path / "child.yaml"
-    child.write_text("extends: base.yaml\nname: b\ntrain: {epochs: 7}\ninit: {from: x}\n"
-                     "data: {frames: 16}\nsched: {gamma: '${optim.lr}'}\n")
+    child.write_text(
+        "extends: base.yaml\nname: b\ntrain: {epochs: 7}\ninit: {from: x}\n"
+        "data: {frames: 16}\nsched: {gamma: '${optim.lr}'}\n"
+    )
     cfg = load_config(child)
     assert (cfg.name, cfg.optim.lr, cfg.train.epochs, cfg.train.batch_size, cfg.init.from_) == ("b", 0.01, 7, 2, "x")
     out = tmp_path / "saved.yaml"

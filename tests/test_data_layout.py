@@ -128,11 +128,14 @@ def test_empty_video_and_empty_class_are_reported(tmp_path):
     assert [v.usable for v in m.videos] == [True, False]
 
 
-@pytest.mark.parametrize("setup,match", [
-    (lambda p: None, "does not exist"),
-    (lambda p: (p / "x").mkdir(parents=True) or (p / "x" / "junk").mkdir(), "not a GTEA61 dataset"),
-    (lambda p: (p / "x" / "processed_frames2").mkdir(parents=True), "no videos found"),
-])
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: (p / "x").mkdir(parents=True) or (p / "x" / "junk").mkdir(), "not a GTEA61 dataset"),
+        (lambda p: (p / "x" / "processed_frames2").mkdir(parents=True), "no videos found"),
+    ],
+)
 def test_bad_roots_give_one_line_errors(tmp_path, setup, match):
     setup(tmp_path)
     with pytest.raises(FparError, match=match) as e:

@@ -19,8 +19,7 @@ def _cfg(overrides, out, *extra):
 def test_run_folder_contents_and_summary(tiny_overrides, tmp_path):
     s = train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=2", "name=t"), log=lambda m: None)
     run = tmp_path / "r"
-    for f in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json", "provenance.json",
-              "confusion.csv"):
+    for f in ("config.yaml", "metrics.jsonl", "best.pt", "last.pt", "summary.json", "provenance.json", "confusion.csv"):
         assert (run / f).is_file(), f
     assert any((run / "tb").iterdir())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -59,9 +58,15 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_overrides, t
 
 def test_stage2_from_stage1_and_validation_selection(tiny_overrides, tmp_path):
     train(_cfg(tiny_overrides, tmp_path / "s1", "train.epochs=1"), log=lambda m: None)
-    s2 = _cfg(tiny_overrides, tmp_path / "s2", "train.epochs=1", f"init.from={tmp_path / 's1'}",
-              r"train.trainable=[^lstm\.,^classifier\.,'^backbone\.layer4\.\d+\.conv[12]\.weight$']",
-              "data.select_on=val", "data.val_fraction=0.3")
+    s2 = _cfg(
+        tiny_overrides,
+        tmp_path / "s2",
+        "train.epochs=1",
+        f"init.from={tmp_path / 's1'}",
+        r"train.trainable=[^lstm\.,^classifier\.,'^backbone\.layer4\.\d+\.conv[12]\.weight$']",
+        "data.select_on=val",
+        "data.val_fraction=0.3",
+    )
     before = load_checkpoint(tmp_path / "s1")["model"]
     s = train(s2, log=lambda m: None)
     assert s["select_on"] == "val" and "test_top1" in s and s["test_videos"] == 6
@@ -72,11 +77,21 @@ def test_stage2_from_stage1_and_validation_selection(tiny_overrides, tmp_path):
 
 
 def test_init_from_wrong_model_is_refused(tiny_overrides, tmp_path):
-    train(_cfg(tiny_overrides, tmp_path / "flow", "train.epochs=1", "model.name=flow_resnet",
-               "train.trainable=[.]", "data.flow_stack=2"), log=lambda m: None)
+    train(
+        _cfg(
+            tiny_overrides,
+            tmp_path / "flow",
+            "train.epochs=1",
+            "model.name=flow_resnet",
+            "train.trainable=[.]",
+            "data.flow_stack=2",
+        ),
+        log=lambda m: None,
+    )
     with pytest.raises(FparError, match="model 'flow_resnet'"):
-        train(_cfg(tiny_overrides, tmp_path / "x", "train.epochs=1", f"init.from={tmp_path / 'flow'}"),
-              log=lambda m: None)
+        train(
+            _cfg(tiny_overrides, tmp_path / "x", "train.epochs=1", f"init.from={tmp_path / 'flow'}"), log=lambda m: None
+        )
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_overrides, tmp_path):
@@ -87,8 +102,18 @@ def test_existing_run_folder_is_not_overwritten(tiny_overrides, tmp_path):
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_overrides, tmp_path):
     with pytest.raises(FparError, match="loss became"):
-        train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=1", "optim.lr=1e30", "optim.name=sgd",
-                   "optim.momentum=0", "train.batch_size=2"), log=lambda m: None)
+        train(
+            _cfg(
+                tiny_overrides,
+                tmp_path / "r",
+                "train.epochs=1",
+                "optim.lr=1e30",
+                "optim.name=sgd",
+                "optim.momentum=0",
+                "train.batch_size=2",
+            ),
+            log=lambda m: None,
+        )
 
 
 def test_lr_schedule_steps_at_epoch_end():

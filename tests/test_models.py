@@ -148,8 +148,12 @@ def test_ms_targets_round_grid_for_classification():
 def test_total_loss_adds_weighted_parts():
     model = tiny_ego(ms=MSConfig(enabled=True), disc=DiscConfig(enabled=True, alpha=0.1)).train()
     torch.manual_seed(1)
-    batch = {"rgb": torch.randn(2, 3, 3, S, S), "label": torch.tensor([0, 3]),
-             "mmaps": (torch.rand(2, 3, S, S) > 0.5).long(), "static_idx": torch.tensor([1, 2])}
+    batch = {
+        "rgb": torch.randn(2, 3, 3, S, S),
+        "label": torch.tensor([0, 3]),
+        "mmaps": (torch.rand(2, 3, S, S) > 0.5).long(),
+        "static_idx": torch.tensor([1, 2]),
+    }
     torch.manual_seed(2)
     out = model(batch["rgb"], static_idx=batch["static_idx"], with_ms=True)
     cfg = ModelConfig(ms=MSConfig(enabled=True, weight=1.0), disc=DiscConfig(enabled=True, alpha=0.1))
@@ -225,8 +229,13 @@ def test_two_stream_trainable_sets_and_group_lrs():
     rgb = tiny_ego()
     flow = create_model("flow_resnet", num_classes=5, backbone="resnet18", pretrained=None, stack=2)
     ts = create_model("two_stream", rgb=rgb, flow=flow, num_classes=5)
-    pats = [r"^classifier\.", r"^rgb\.lstm\.", r"^rgb\.backbone\.layer4\.\d+\.conv[12]\.weight$",
-            r"^rgb\.backbone\.fc\.weight$", r"^flow\.backbone\.layer4\."]
+    pats = [
+        r"^classifier\.",
+        r"^rgb\.lstm\.",
+        r"^rgb\.backbone\.layer4\.\d+\.conv[12]\.weight$",
+        r"^rgb\.backbone\.fc\.weight$",
+        r"^flow\.backbone\.layer4\.",
+    ]
     names = set(apply_trainable(ts, pats))
     assert "flow.backbone.layer4.0.bn1.weight" in names and "rgb.backbone.layer4.0.bn1.weight" not in names
     assert not any(n.startswith("flow.fc_action") or n.startswith("rgb.classifier") for n in names)

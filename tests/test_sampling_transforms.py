@@ -21,12 +21,15 @@ from fpar.data.transforms import (
 )
 
 
-@pytest.mark.parametrize("n,t,expected", [
-    (20, 7, [0, 2, 5, 8, 11, 14, 17]),  # floor(k*20/7)
-    (10, 5, [0, 2, 4, 6, 8]),
-    (3, 7, [0, 0, 0, 1, 1, 2, 2]),  # N < T: frames repeat
-    (16, 16, list(range(16))),
-])
+@pytest.mark.parametrize(
+    "n,t,expected",
+    [
+        (20, 7, [0, 2, 5, 8, 11, 14, 17]),  # floor(k*20/7)
+        (10, 5, [0, 2, 4, 6, 8]),
+        (3, 7, [0, 0, 0, 1, 1, 2, 2]),  # N < T: frames repeat
+        (16, 16, list(range(16))),
+    ],
+)
 def test_uniform_indices_seed_formula(n, t, expected):
     assert uniform_indices(n, t) == expected
 

@@ -241,7 +241,7 @@ def train(
     last = None
     if resume:
         last = load_checkpoint(run, "last")
-        if last.get("finished"):
+        if last.get("finished") and (run / "summary.json").is_file():
             log(f"{run} already finished {last['epoch']} epochs; nothing to resume")
             return json.loads((run / "summary.json").read_text())
     elif (run / "last.pt").exists():

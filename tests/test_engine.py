@@ -134,3 +134,13 @@ def test_cli_bad_override_and_eval_json(tiny_overrides, tmp_path, capsys):
     assert {"top1", "top5", "mean_class_acc", "videos"} <= set(r) and r["videos"] == 6
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_resume_after_the_last_epoch_only_writes_the_summary(tiny_overrides, tmp_path):
+    s = train(_cfg(tiny_overrides, tmp_path / "r", "train.epochs=1"), log=lambda m: None)
+    (tmp_path / "r" / "summary.json").unlink()
+    before = (tmp_path / "r" / "last.pt").stat().st_mtime_ns
+    assert main(["train", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert again["best_top1"] == s["best_top1"] and again["best_epoch"] == s["best_epoch"]
+    assert (tmp_path / "r" / "last.pt").stat().st_mtime_ns == before  # no epoch was trained again

@@ -305,14 +305,8 @@ def _prepare_folder(run: Path, cfg: Any) -> str:
                 f"run folder {run} holds a run with other settings ({'; '.join(diff[:3])}); delete it or sweep into "
                 "another --out"
             )
-        from ..engine.checkpoint import load_checkpoint
-
-        if load_checkpoint(run, "last").get("finished"):
-            # every epoch ran but summary.json was never written (killed in between): train again, keep the old one
-            aside = run.with_name(f"{run.name}.unfinished-{int(time.time())}")
-            run.rename(aside)
-            logger.warning("%s finished its epochs without a summary; moved to %s and trained again", run, aside)
-            return "fresh"
+        # a run killed after its last epoch but before summary.json resumes too: the trainer then only
+        # writes the summary
         return "resume"
     if (run / "tb").is_dir():
         shutil.rmtree(run / "tb", ignore_errors=True)  # events of an attempt that died in its first epoch

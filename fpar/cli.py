@@ -134,6 +134,17 @@ def train(
         run = Path(resume)
         if not (run / "config.yaml").is_file():
             raise FparError(f"{run} is not a run folder (no config.yaml); give the folder `fpar train` wrote")
+        if config:  # `fpar train --resume RUN key=value`: the first override lands in CONFIG
+            if "=" not in config:
+                raise FparError(f"--resume takes the run's own config.yaml; drop {config!r} (only key=value overrides)")
+            overrides = [config, *(overrides or [])]
+        allowed = ("train.epochs", "train.device", "train.progress", "data.num_workers", "data.root")
+        bad = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in allowed]
+        if bad:
+            raise FparError(
+                f"--resume continues a run exactly as configured; {bad[0]!r} would change it (allowed: "
+                f"{', '.join(allowed)}); start a new run with init.from={run} instead"
+            )
         cfg = load_config(run / "config.yaml", overrides or [])
     else:
         if config and "=" in config:
@@ -197,6 +208,30 @@ def eval_cmd(
             f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%  verb {m['verb_acc']:.2f}%  noun "
             f"{m['noun_acc']:.2f}%  ({m['videos']} videos)"
         )
+
+
+@app.command()
+def fuse(
+    rgb_run: str = typer.Argument(..., help="trained Ego-RNN run"),
+    flow_run: str = typer.Argument(..., help="trained flow_resnet run"),
+    weight: float = typer.Option(0.5, "--weight", help="weight of the flow scores"),
+    data: str | None = typer.Option(None, "--data"),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Late fusion: average the two streams' scores on the test subjects (Ego-RNN's untrained baseline)."""
+    from .engine.fusion import late_fusion_eval
+
+    _threads()
+    r = late_fusion_eval(rgb_run, flow_run, weight=weight, data_root=data)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    for k in ("rgb", "flow", "fusion"):
+        m = r[k]
+        typer.echo(f"{k:>6}: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%")
+    typer.echo(
+        f"{r['videos']} videos of {','.join(r['subjects'])}; fusion = {r['weight']} flow + {1 - r['weight']} rgb"
+    )
 
 
 @app.command("config")

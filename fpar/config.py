@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -226,6 +227,8 @@ def _coerce(value: Any, t: Any, key: str, source: str) -> Any:
         if not isinstance(value, bool):
             raise FparError(f"config key '{key}' in {source} expects true or false, got {value!r}")
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FparError(f"config key '{key}' in {source} must be finite, got {value!r}")
     if t is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise FparError(f"config key '{key}' in {source} expects an integer, got {value!r}")
@@ -392,8 +395,38 @@ def validate(cfg: ExperimentConfig) -> None:
         raise FparError(f"data.input_size must be at least 32 (got {cfg.data.input_size}); the paper uses 224")
     if cfg.data.scale_size < cfg.data.input_size:
         raise FparError("data.scale_size must be at least data.input_size")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise FparError("train.epochs and train.batch_size must be at least 1")
+    at_least = {
+        "train.epochs": (cfg.train.epochs, 1),
+        "train.batch_size": (cfg.train.batch_size, 1),
+        "train.eval_batch_size": (cfg.train.eval_batch_size, 1),
+        "train.eval_every": (cfg.train.eval_every, 1),
+        "train.max_batches": (cfg.train.max_batches, 0),
+        "data.num_workers": (cfg.data.num_workers, 0),
+        "seed": (cfg.seed, 0),
+        "model.mem_size": (cfg.model.mem_size, 1),
+        "data.flow_stacks_test": (cfg.data.flow_stacks_test, 1),
+        "optim.lr": (cfg.optim.lr, 0.0),
+        "optim.weight_decay": (cfg.optim.weight_decay, 0.0),
+        "model.ms.hidden": (cfg.model.ms.hidden, 1),
+        "model.repflow.n_iter": (cfg.model.repflow.n_iter, 1),
+    }
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise FparError(f"config key '{key}' must be at least {low}, got {value}")
+    for key, p in (
+        ("model.dropout", cfg.model.dropout),
+        ("model.fusion_dropout", cfg.model.fusion_dropout),
+        ("model.ms.dropout", cfg.model.ms.dropout),
+    ):
+        if not 0 <= p < 1:
+            raise FparError(f"config key '{key}' must be in [0, 1), got {p}")
+    if not (cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith(("cuda", "mps"))):
+        raise FparError(f"train.device is {cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
+    if cfg.model.repflow.enabled and cfg.data.frames < 2:
+        raise FparError("the representation-flow layer needs data.frames >= 2 (it works on consecutive pairs)")
+    for g in cfg.optim.groups:
+        if not isinstance(g, dict) or not isinstance(g.get("lr"), (int, float)) or "pattern" not in g:
+            raise FparError(f"each optim.groups entry is {{pattern: REGEX, lr: NUMBER}}, got {g!r}")
     if not 0 < cfg.data.val_fraction < 1:
         raise FparError("data.val_fraction must be between 0 and 1")
 

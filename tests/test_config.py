@@ -95,3 +95,19 @@ def test_every_packaged_config_loads():
     assert len(files) >= 8
     for f in files:
         assert isinstance(load_config(f), ExperimentConfig)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.eval_every=0", "at least 1"),
+        ("seed=-1", "at least 0"),
+        ("model.dropout=1.5", r"\[0, 1\)"),
+        ("train.device=gpu", "train.device"),
+        ("data.frames=.inf", "finite"),
+        ("optim.lr=-1", "at least"),
+    ],
+)
+def test_range_validation(override, match):
+    with pytest.raises(FparError, match=match):
+        load_config(None, [override])

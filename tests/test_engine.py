@@ -144,3 +144,4 @@ def test_resume_after_the_last_epoch_only_writes_the_summary(tiny_overrides, tmp
     again = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert again["best_top1"] == s["best_top1"] and again["best_epoch"] == s["best_epoch"]
     assert (tmp_path / "r" / "last.pt").stat().st_mtime_ns == before  # no epoch was trained again
+    assert main(["train", "--resume", str(tmp_path / "r"), "optim.lr=1"]) == 2  # would change the run

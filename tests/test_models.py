@@ -10,6 +10,7 @@ from fpar import create_model, list_models
 from fpar.config import DiscConfig, ModelConfig, MSConfig, OptimConfig, RepFlowConfig
 from fpar.engine.losses import disc_loss, ms_loss, ms_targets, total_loss
 from fpar.engine.stages import apply_trainable, param_groups, set_train_mode
+from fpar.errors import FparError
 from fpar.models.ego_rnn import feature_size, make_static_clip
 from fpar.models.heads import MotionSegmentationHead
 
@@ -239,6 +240,8 @@ def test_two_stream_trainable_sets_and_group_lrs():
     names = set(apply_trainable(ts, pats))
     assert "flow.backbone.layer4.0.bn1.weight" in names and "rgb.backbone.layer4.0.bn1.weight" not in names
     assert not any(n.startswith("flow.fc_action") or n.startswith("rgb.classifier") for n in names)
+    with pytest.raises(FparError, match="match no trainable parameter"):
+        param_groups(ts, OptimConfig(lr=1e-2, groups=[{"pattern": r"^flwo\.", "lr": 1e-4}]))
     groups = param_groups(ts, OptimConfig(lr=1e-2, groups=[{"pattern": r"^flow\.", "lr": 1e-4}]))
     by_lr = {g["lr"]: sum(p.numel() for p in g["params"]) for g in groups}
     flow_n = sum(p.numel() for n, p in ts.named_parameters() if n.startswith("flow.") and n in names)

@@ -105,3 +105,31 @@ def test_two_stream_refuses_wrong_runs(tiny_root, tmp_path, stage1):
         _run("two_stream.yaml", ov, tmp_path / "ts", f"model.rgb_run={stage1}", f"model.flow_run={stage1}")
     with pytest.raises(FparError, match="model.rgb_run"):
         _run("two_stream.yaml", ov, tmp_path / "ts2", f"model.rgb_run={tmp_path / 'nope'}", f"model.flow_run={stage1}")
+
+
+def test_late_fusion_cli(tiny_root, tmp_path, stage1, capsys):
+    from fpar.cli import main
+
+    ov = _tiny(tiny_root) + ["data.flow_stack=2"]
+    _run("flow_resnet34.yaml", ov, tmp_path / "flow")
+    assert main(["fuse", str(stage1), str(tmp_path / "flow"), "--json", "--weight", "0.5"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["videos"] == 6 and set(r) >= {"rgb", "flow", "fusion"}
+    assert main(["fuse", str(stage1), str(tmp_path / "flow"), "--weight", "2"]) == 2
+
+
+def test_discriminator_with_rep_flow_is_refused():
+    from fpar import create_model
+    from fpar.config import DiscConfig, RepFlowConfig
+    from fpar.errors import FparError
+
+    with pytest.raises(FparError, match="cannot be combined"):
+        create_model(
+            "ego_rnn",
+            num_classes=3,
+            backbone="resnet18",
+            pretrained=None,
+            cam=False,
+            disc=DiscConfig(enabled=True),
+            repflow=RepFlowConfig(enabled=True),
+        )

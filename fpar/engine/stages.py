@@ -53,11 +53,12 @@ def set_train_mode(model: nn.Module, bn_train: list[str]) -> None:
             m.eval()
 
 
-def param_groups(model: nn.Module, optim: OptimConfig, lr_mults: dict[str, float] | None = None) -> list[dict]:
-    """Optimizer groups: ``optim.groups`` entries ({pattern, lr}) first match wins; the rest at ``optim.lr``."""
+def param_groups(model: nn.Module, optim: OptimConfig, extra: list[dict] | None = None) -> list[dict]:
+    """Optimizer groups: ``optim.groups`` entries ({pattern, lr}), then ``extra`` ones; the first match wins; the
+    remaining trainable parameters use ``optim.lr``. A group that gets no trainable parameter is an error."""
     groups: list[dict] = []
     regs = []
-    for g in optim.groups:
+    for g in [*optim.groups, *(extra or [])]:
         if "pattern" not in g or "lr" not in g:
             raise FparError(f"each optim.groups entry needs 'pattern' and 'lr', got {g}")
         regs.append((_compile([g["pattern"]], "optim.groups")[0], float(g["lr"])))
@@ -72,6 +73,9 @@ def param_groups(model: nn.Module, optim: OptimConfig, lr_mults: dict[str, float
                 break
         else:
             default["params"].append(p)
+    empty = [g["name"] for g in groups if not g["params"]]
+    if empty:
+        raise FparError(f"optim.groups pattern(s) {', '.join(map(repr, empty))} match no trainable parameter")
     groups.append(default)
     for g in groups:
         g["initial_lr"] = g["lr"]

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -65,7 +64,10 @@ def lr_factor(cfg: ExperimentConfig, epoch: int) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.optim)
+    extra = []
+    if cfg.model.repflow.enabled and cfg.model.repflow.lr_mult != 1.0:  # Piergiovanni & Ryoo: flow layer at lr x 0.01
+        extra.append({"pattern": r"^repflow\.", "lr": cfg.optim.lr * cfg.model.repflow.lr_mult})
+    groups = param_groups(model, cfg.optim, extra)
     o = cfg.optim
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps)
@@ -189,7 +191,9 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
         batch = _to(batch, device)
         with _autocast(cfg, device):
             out = forward_batch(model, cfg, batch, train=True)
-        out.logits = out.logits.float()
+        for k in ("logits", "ms", "disc_logits"):  # losses in float32 under AMP
+            if getattr(out, k) is not None:
+                setattr(out, k, getattr(out, k).float())
         loss, parts = total_loss(out, batch, cfg.model)
         if not math.isfinite(loss.item()):
             raise FparError(
@@ -222,13 +226,21 @@ def prepare(cfg: ExperimentConfig):
     manifest = discover(cfg.data.root, layout=cfg.data.layout, frames_dir=cfg.data.frames_dir)
     splits = make_splits(manifest, cfg.data, seed=cfg.seed)
     mods = modalities(cfg)
+    # evaluation never reads motion maps: every model is scored on the same test videos
+    eval_mods = tuple(m for m in mods if m != "mmaps")
     train_ds = ClipDataset(manifest, splits.train, cfg.data, modalities=mods, train=True, seed=cfg.seed)
-    select_ds = ClipDataset(manifest, splits.select, cfg.data, modalities=mods, train=False, seed=cfg.seed)
+    select_ds = ClipDataset(manifest, splits.select, cfg.data, modalities=eval_mods, train=False, seed=cfg.seed)
     test_ds = (
         select_ds
         if splits.select == splits.test
-        else ClipDataset(manifest, splits.test, cfg.data, modalities=mods, train=False, seed=cfg.seed)
+        else ClipDataset(manifest, splits.test, cfg.data, modalities=eval_mods, train=False, seed=cfg.seed)
     )
+    if len(train_ds) < len(splits.train):
+        logger.warning(
+            "%d training videos lack a modality (%s) and are skipped",
+            len(splits.train) - len(train_ds),
+            ", ".join(mods),
+        )
     return manifest, splits, train_ds, select_ds, test_ds
 
 
@@ -273,6 +285,7 @@ def train(
         history = list(last["history"])
         best = dict(last["best"])
         start = int(last["epoch"])
+        save_config(cfg, run / "config.yaml")  # resume may change train.epochs, device, workers, data.root
         log(f"resuming {run} after epoch {start}")
     else:
         save_config(cfg, run / "config.yaml")
@@ -402,8 +415,3 @@ def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device,
         ev.pop("confusion")
         s.update({f"test_{k}": v for k, v in ev.items()})
     return s
-
-
-def np_mean_std(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0

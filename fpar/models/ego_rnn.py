@@ -74,6 +74,11 @@ class EgoRNN(nn.Module):
         repflow: RepresentationFlow | None = None,
     ):
         super().__init__()
+        if disc is not None and repflow is not None:
+            raise FparError(
+                "the static-dynamic discriminator and the representation-flow layer cannot be combined (a repeated "
+                "frame has no flow, but the discriminator's static clip reuses the dynamic pass's features)"
+            )
         if ms_head is not None and repflow is not None:
             raise FparError(
                 "the MS head and the representation-flow layer cannot be combined (T-1 flow steps vs T maps)"

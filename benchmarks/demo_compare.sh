@@ -3,6 +3,7 @@
 #   RGB Ego-RNN (stage 1 -> stage 2), + MS (conv5 classification, b&w), + MS (conv4 regression, grid),
 #   + static-dynamic discriminator (alpha 0.1), flow-only, two-stream joint.
 # Usage: bash benchmarks/demo_compare.sh [DEMO_DIR] [OUT]   (DEMO_DIR as written by `fpar demo`: data/, backbone.pt)
+# SEEDS="2" restricts the seeds (e.g. to run seeds in parallel with FPAR_THREADS=1).
 # Then:  fpar report OUT/*/ --out OUT/report    (mean +- std over seeds, overall and on the motion-only pairs)
 set -euo pipefail
 DEMO=${1:-fpar-demo}
@@ -16,7 +17,7 @@ run() {  # run NAME SEED RECIPE [overrides...]: skips finished runs, resumes int
   if [ -f "$dir/last.pt" ]; then fpar train --resume "$dir" --quiet; return; fi
   fpar train "$C/$recipe" "${common[@]}" seed="$seed" name="$name" out="$dir" "$@" --quiet
 }
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   run rgb_stage1 $seed stage1.yaml
   run rgb $seed stage2.yaml init.from="$OUT/rgb_stage1/seed$seed"
   run ms_cls_conv5 $seed ms_cls.yaml init.from="$OUT/rgb_stage1/seed$seed"

@@ -337,19 +337,30 @@ def _check_keys(d: dict[str, Any], source: str) -> None:
             raise _unknown_key(key, source)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "config file", example: str = "configs/ego_rnn_stage1.yaml") -> dict:
+    """A YAML file that must hold a mapping, with one-line errors for a missing file, bad syntax or another type."""
     if not path.is_file():
-        raise FparError(f"config file {path} not found; give a YAML file such as configs/ego_rnn_stage1.yaml")
+        raise FparError(f"{what} {path} not found; give a YAML file such as {example}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
-        raise FparError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+        raise FparError(f"{what} {path} is not valid YAML{where}; fix the syntax") from None
     if not isinstance(data, dict):
-        raise FparError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        raise FparError(f"{what} {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_mapping(path)
     data.pop("extends", None)
     return data
+
+
+def flat_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """Nested config dict -> {dotted key: value} (``optim.groups`` stays one value)."""
+    return dict(_flatten(d))
 
 
 def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:

@@ -75,3 +75,19 @@ def seed_everything(seed: int) -> None:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host is running (zombies count as dead); used by lock and ledger files."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # Linux: a killed process whose parent has not reaped it yet is a zombie, i.e. dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

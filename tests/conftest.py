@@ -26,11 +26,10 @@ def tiny_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def tiny_overrides(tiny_root) -> list[str]:
-    """Overrides that make any recipe run in seconds on the tiny data."""
+def tiny_args(root) -> list[str]:
+    """Overrides that make any recipe run in seconds on the tiny data at ``root``."""
     return [
-        f"data.root={tiny_root}",
+        f"data.root={root}",
         "data.input_size=64",
         "data.scale_size=64",
         "data.frames=3",
@@ -41,3 +40,8 @@ def tiny_overrides(tiny_root) -> list[str]:
         "train.eval_batch_size=8",
         "train.progress=false",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tiny_root) -> list[str]:
+    return tiny_args(tiny_root)

@@ -24,7 +24,7 @@ from fpar.errors import FparError
 from fpar.video.export import export_model
 from fpar.video.predict import load_clip, predict_video
 
-from .conftest import REAL_VIDEO
+from .conftest import REAL_VIDEO, tiny_args
 
 needs_real_video = pytest.mark.skipif(not REAL_VIDEO.is_file(), reason=f"{REAL_VIDEO} not available")
 
@@ -52,20 +52,7 @@ def _write_video(path: Path, n: int = 8, seed: int = 0, w: int = 96, h: int = 64
 def runs(tiny_root, tmp_path_factory) -> dict[str, Path]:
     """Tiny trained runs (one epoch): Ego-RNN with CAM, flow_resnet (L = 2) and the two-stream model on both."""
     out = tmp_path_factory.mktemp("runs")
-    # conftest's tiny_overrides, which is function-scoped (these runs are trained once per module)
-    base = [
-        f"data.root={tiny_root}",
-        "data.input_size=64",
-        "data.scale_size=64",
-        "data.frames=3",
-        "model.backbone=resnet18",
-        "model.pretrained=none",
-        "model.mem_size=16",
-        "train.batch_size=4",
-        "train.eval_batch_size=8",
-        "train.progress=false",
-        "train.epochs=1",
-    ]
+    base = [*tiny_args(tiny_root), "train.epochs=1"]
     extra = {
         "rgb": ["model.cam=true"],
         "flow": ["model.name=flow_resnet", "data.flow_stack=2", "train.trainable=[.]"],

@@ -9,6 +9,8 @@ from fpar.config import load_config
 from fpar.engine.checkpoint import load_checkpoint
 from fpar.engine.trainer import train
 
+from .conftest import tiny_args
+
 SHORT = ["train.epochs=1", "train.max_batches=2"]
 
 
@@ -19,8 +21,6 @@ def _run(recipe, overrides, out, *extra):
 
 @pytest.fixture(scope="module")
 def stage1(tiny_root, tmp_path_factory):
-    from .conftest import tiny_overrides as _unused  # noqa: F401  (fixture defined there)
-
     out = tmp_path_factory.mktemp("s1") / "stage1"
     ov = _tiny(tiny_root)
     _run("ego_rnn_stage1.yaml", ov, out)
@@ -28,18 +28,7 @@ def stage1(tiny_root, tmp_path_factory):
 
 
 def _tiny(root):
-    return [
-        f"data.root={root}",
-        "data.input_size=64",
-        "data.scale_size=64",
-        "data.frames=3",
-        "model.backbone=resnet18",
-        "model.pretrained=none",
-        "model.mem_size=16",
-        "train.batch_size=4",
-        "train.eval_batch_size=8",
-        "train.progress=false",
-    ]
+    return tiny_args(root)
 
 
 @pytest.mark.parametrize(

@@ -43,9 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ExperimentConfig, get, load_config, parse_override, set_value, valid_keys, validate
+from ..config import (
+    ExperimentConfig,
+    get,
+    load_config,
+    parse_override,
+    read_yaml_mapping,
+    set_value,
+    valid_keys,
+    validate,
+)
 from ..errors import FparError
 
 RESERVED = ("id", "label", "base", "published")
@@ -199,17 +206,7 @@ def short_names(keys: list[str], columns: dict[str, str]) -> dict[str, str]:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FparError(f"grid file {path} not found; give a YAML grid such as configs/paper/fig21.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise FparError(f"grid file {path} is not valid YAML{where}; fix the syntax") from None
-    if not isinstance(data, dict):
-        raise FparError(f"grid file {path} must hold a mapping (base, grid, points, seeds, ...)")
-    return data
+    return read_yaml_mapping(path, "grid file", "configs/paper/fig21.yaml")
 
 
 def _unknown(key: str, choices: tuple[str, ...] | list[str], where: str) -> FparError:

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from ..config import flat_dict
 from ..errors import FparError
 from ..utils import atomic_write_text
 
@@ -89,16 +90,6 @@ def load_run_data(path: str | os.PathLike, name: str | None = None) -> RunData:
         except yaml.YAMLError:
             config = {}
     return RunData(p, name or p.name, summary, history, config)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "groups":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclass
@@ -183,7 +174,7 @@ def _sweep_table(path: Path) -> Table:
         runs = [load_run_data(path / t["run"], t["name"]) for t in trials]
         values = dict(p.get("values") or {})
         for k in values:  # what the runs really used (a command-line override may have replaced the grid's value)
-            used = {json.dumps(_flat(r.config).get(k, values[k]), default=str) for r in runs if r.config}
+            used = {json.dumps(flat_dict(r.config).get(k, values[k]), default=str) for r in runs if r.config}
             if len(used) == 1:
                 values[k] = json.loads(used.pop())
         rows.append(
@@ -226,7 +217,7 @@ def _loose_table(runs: list[RunData]) -> Table:
     groups: dict[str, list[RunData]] = {}
     flat = {}
     for r in runs:
-        f = {k: v for k, v in _flat(r.config).items() if k not in _GROUP_IGNORED}
+        f = {k: v for k, v in flat_dict(r.config).items() if k not in _GROUP_IGNORED}
         flat[id(r)] = f
         groups.setdefault(json.dumps(f, sort_keys=True, default=str), []).append(r)
     all_keys = sorted({k for f in flat.values() for k in f})

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FparError
-from ..utils import atomic_write_json, atomic_write_text
+from ..utils import atomic_write_json, atomic_write_text, pid_alive
 from .grid import Grid, Trial, expand, load_grid, trial_config
 
 logger = logging.getLogger(__name__)
@@ -252,14 +252,8 @@ def _alive(ft: Any, stale_after: float) -> bool:
     a = ft.user_attrs
     if a.get("host") == HOST:
         pid = a.get("pid")
-        if not isinstance(pid, int) or pid == os.getpid():
+        if not isinstance(pid, int) or pid == os.getpid() or not pid_alive(pid):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         return time.time() - float(a.get("heartbeat", 0)) < stale_after
     return time.time() - float(a.get("heartbeat", 0)) < stale_after
 
@@ -268,25 +262,15 @@ def _alive(ft: Any, stale_after: float) -> bool:
 # One trial (in this process or in a worker process)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "groups":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(run: Path, cfg: Any) -> list[str]:
     """Keys whose value in ``run/config.yaml`` differs from ``cfg`` (ignoring paths and resolved values)."""
-    from ..config import load_config, to_dict
+    from ..config import flat_dict, load_config, to_dict
 
     try:
-        old = _flat(to_dict(load_config(run / "config.yaml")))
+        old = flat_dict(to_dict(load_config(run / "config.yaml")))
     except FparError as e:
         return [f"config.yaml cannot be read ({e})"]
-    new = _flat(to_dict(cfg))
+    new = flat_dict(to_dict(cfg))
     return [
         f"{k}: {old.get(k)!r} there, {new.get(k)!r} here"
         for k in new

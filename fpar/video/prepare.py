@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from fpar.errors import FparError
-from fpar.utils import atomic_write_json
+from fpar.utils import atomic_write_json, pid_alive
 from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
 
 __all__ = ["prepare", "discover", "Job", "MANIFEST_NAME", "LOCK_NAME", "TMP_NAME", "MMAP_THRESH"]
@@ -290,7 +290,7 @@ class _Lock:
             except FileExistsError:
                 owner = self.path.read_text(encoding="utf-8", errors="replace").strip() if self.path.exists() else ""
                 pid, _, host = owner.partition("@")
-                if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     log.warning("removing stale lock %s left by dead process %s", self.path, pid)
                     self.path.unlink(missing_ok=True)
                     continue
@@ -308,21 +308,6 @@ class _Lock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    try:  # Linux: a killed process whose parent has not reaped it yet is a zombie, i.e. dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # ----------------------------------------------------------------------------------------------- one video

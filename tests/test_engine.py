@@ -145,3 +145,15 @@ def test_resume_after_the_last_epoch_only_writes_the_summary(tiny_overrides, tmp
     assert again["best_top1"] == s["best_top1"] and again["best_epoch"] == s["best_epoch"]
     assert (tmp_path / "r" / "last.pt").stat().st_mtime_ns == before  # no epoch was trained again
     assert main(["train", "--resume", str(tmp_path / "r"), "optim.lr=1"]) == 2  # would change the run
+
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| stage1 |" in out and "| stage2 |" in out
+    for stage in ("stage1", "stage2"):
+        s = json.loads((tmp_path / "d" / "runs" / stage / "summary.json").read_text())
+        assert s["videos"] == 6 and 0 <= s["best_top1"] <= 100
+    cams = list((tmp_path / "d" / "runs" / "stage2" / "cam").glob("*.png"))
+    assert cams and all(p.stat().st_size > 1000 for p in cams)
+    assert (tmp_path / "d" / "backbone.pt").is_file()

@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import ExperimentConfig, from_dict, to_dict
 from ..errors import FparError
+from ..models.backbone import load_weights_file, unwrap_state_dict
 from ..models.outputs import ModelOutput
 from ..registry import create_model
 from .checkpoint import load_checkpoint
@@ -36,15 +36,11 @@ def _resolve_backbone_classes(cfg: ExperimentConfig) -> int:
     p = cfg.model.pretrained
     if p and p.lower() not in ("none", "imagenet") and Path(p).is_file():
         try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception:
-            return 1000  # build_trunk reports the bad file
-        for key in ("state_dict", "model"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-        w = sd.get("fc.weight", sd.get("module.fc.weight")) if isinstance(sd, dict) else None
-        if w is not None:
-            return int(w.shape[0])
+            sd = unwrap_state_dict(load_weights_file(Path(p)), p)
+        except FparError:
+            return 1000  # build_trunk reports the bad file with its own message
+        if "fc.weight" in sd:
+            return int(sd["fc.weight"].shape[0])
     return 1000
 
 

@@ -286,6 +286,9 @@ def train(
         best = dict(last["best"])
         start = int(last["epoch"])
         save_config(cfg, run / "config.yaml")  # resume may change train.epochs, device, workers, data.root
+        # the log holds exactly the epochs of last.pt (a crash after appending a row but before last.pt was
+        # written would otherwise leave that epoch twice)
+        atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         log(f"resuming {run} after epoch {start}")
     else:
         save_config(cfg, run / "config.yaml")

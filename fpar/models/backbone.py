@@ -183,7 +183,7 @@ def set_batchnorm_eval(module: nn.Module) -> nn.Module:
     return module
 
 
-def _unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
+def unwrap_state_dict(obj: object, source: str) -> dict[str, Tensor]:
     """Accept a plain state dict, or one nested under 'state_dict' / 'model'; strip a 'module.' prefix."""
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         for key in ("state_dict", "model"):
@@ -221,7 +221,7 @@ def load_torchvision_state_dict(trunk: ResNetTrunk, state_dict: Mapping[str, Ten
     * ``num_batches_tracked`` buffers may be missing (checkpoints from old PyTorch versions lack them).
     * any other missing, unexpected or mis-shaped key raises `FparError` naming ``source`` and a few keys.
     """
-    sd = _unwrap_state_dict(state_dict, source)
+    sd = unwrap_state_dict(state_dict, source)
     own = trunk.state_dict()
 
     w = sd.get("conv1.weight")
@@ -269,7 +269,7 @@ def load_torchvision_state_dict(trunk: ResNetTrunk, state_dict: Mapping[str, Ten
     trunk.load_state_dict(sd, strict=False)  # strict=False only for the optional keys checked above
 
 
-def _torch_load(path: Path) -> object:
+def load_weights_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with arbitrary objects, not a torch file at all
@@ -325,6 +325,6 @@ def build_trunk(
             )
         source = f"pretrained weights {path}"
 
-    load_torchvision_state_dict(trunk, _torch_load(path), source=source)
+    load_torchvision_state_dict(trunk, load_weights_file(path), source=source)
     logger.info("loaded %s into %s (in_chans=%d, num_classes=%d)", source, name, in_chans, num_classes)
     return trunk

@@ -37,29 +37,29 @@ def _threads() -> None:
 # data
 
 
-@data_app.command("check")
+@data_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data_check(
     root: str = typer.Argument(..., help="dataset root"),
+    overrides: list[str] | None = typer.Argument(None, help="data key=value, e.g. data.format=egornn"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     frames: int = typer.Option(7, "--frames", help="T to check video lengths against"),
     flow_stack: int = typer.Option(5, "--flow-stack"),
-    train_subjects: str = typer.Option("S1,S3,S4", "--train"),
-    test_subjects: str = typer.Option("S2", "--test"),
-    frames_dir: str = typer.Option("processed_frames2", "--frames-dir"),
+    train_subjects: str | None = typer.Option(None, "--train", help="training subjects (data.train_subjects)"),
+    test_subjects: str | None = typer.Option(None, "--test", help="test subjects (data.test_subjects)"),
+    frames_dir: str | None = typer.Option(None, "--frames-dir", help="GTEA61 frames folder (data.frames_dir)"),
     no_decode: bool = typer.Option(False, "--no-decode", help="check names only, do not open every image"),
 ):
-    """Scan a dataset: videos per subject and split, classes, frame counts and every problem found."""
+    """Scan a dataset: videos per split, classes, frame counts and every problem found."""
+    from .config import load_config
     from .data.check import check_dataset, format_report
 
-    r = check_dataset(
-        root,
-        frames=frames,
-        flow_stack=flow_stack,
-        train=train_subjects.split(","),
-        test=test_subjects.split(","),
-        frames_dir=frames_dir,
-        decode=not no_decode,
-    )
+    ov = [f"data.root={root}", *(overrides or [])]
+    for key, value in (("train_subjects", train_subjects), ("test_subjects", test_subjects)):
+        if value is not None:
+            ov.append(f"data.{key}=[{value}]")
+    if frames_dir is not None:
+        ov.append(f"data.frames_dir={frames_dir}")
+    r = check_dataset(load_config(None, ov).data, frames=frames, flow_stack=flow_stack, decode=not no_decode)
     typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
     if not r["usable"]:
         raise FparError(f"{root} is not usable for training: it needs usable videos in both the train and test split")
@@ -95,10 +95,10 @@ def data_show(
 ):
     """Figure 6: sampled frames of each modality side by side for one video."""
     from .config import DataConfig
-    from .data.layout import discover
+    from .data.readers import read_dataset
     from .data.show import find_video, show_video
 
-    manifest = discover(root)
+    manifest = read_dataset(DataConfig(root=root))
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
     p = show_video(
@@ -174,39 +174,30 @@ def eval_cmd(
     subjects: str | None = typer.Option(None, "--subjects", help="comma-separated subjects (default: test split)"),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Evaluate a trained run on the test subjects (top-1, top-5, mean class accuracy)."""
-    from .config import from_dict
-    from .data.dataset import ClipDataset
-    from .data.layout import discover
-    from .engine.build import modalities, model_from_checkpoint
-    from .engine.checkpoint import load_checkpoint
+    """Evaluate a trained run on its test split, or on other subjects (top-1, top-5, mean class, verb, noun)."""
+    from .engine.run import open_run
     from .engine.trainer import evaluate, make_loader, pick_device
 
     _threads()
-    ckpt = load_checkpoint(run, which)
-    cfg = from_dict(ckpt["config"], ckpt["path"])
-    if data:
-        cfg.data.root = data
-    manifest = discover(cfg.data.root, frames_dir=cfg.data.frames_dir)
-    if list(manifest.classes) != list(ckpt["classes"]):
-        raise FparError(
-            f"{cfg.data.root} has {len(manifest.classes)} classes that differ from the "
-            f"{len(ckpt['classes'])} this model was trained on"
-        )
-    subs = subjects.split(",") if subjects else cfg.data.test_subjects
-    ds = ClipDataset(manifest, manifest.select(subs), cfg.data, modalities=modalities(cfg), train=False)
+    run_ = open_run(run, which)
+    ckpt, cfg = run_.ckpt, run_.cfg
+    manifest = run_.manifest(data)
+    subs = subjects.split(",") if subjects else None
+    indices = manifest.select(subs, key="--subjects") if subs else run_.test_indices(manifest)
+    ds = run_.dataset(manifest, indices)
     device = pick_device(cfg.train.device)
-    model = model_from_checkpoint(ckpt).to(device)
-    m = evaluate(model, make_loader(ds, cfg, train=False), cfg, device, manifest.classes, progress=not json_out)
+    model = run_.model.to(device)
+    m = evaluate(model, make_loader(ds, cfg, train=False), cfg, device, run_.vocab, progress=not json_out)
     m.pop("confusion")
+    split = ",".join(subs) if subs else "the test split"
     m = {"checkpoint": ckpt["path"], "epoch": ckpt.get("epoch"), "subjects": subs, **m}
     if json_out:
         typer.echo(json.dumps(m, indent=2))
     else:
+        vn = f"  verb {m['verb_acc']:.2f}%  noun {m['noun_acc']:.2f}%" if "verb_acc" in m else ""
         typer.echo(
-            f"{ckpt['path']} (epoch {m['epoch']}) on {','.join(subs)}: top-1 {m['top1']:.2f}%  top-5 "
-            f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%  verb {m['verb_acc']:.2f}%  noun "
-            f"{m['noun_acc']:.2f}%  ({m['videos']} videos)"
+            f"{ckpt['path']} (epoch {m['epoch']}) on {split}: top-1 {m['top1']:.2f}%  top-5 "
+            f"{m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%{vn}  ({m['videos']} videos)"
         )
 
 
@@ -229,9 +220,7 @@ def fuse(
     for k in ("rgb", "flow", "fusion"):
         m = r[k]
         typer.echo(f"{k:>6}: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  mean class {m['mean_class_acc']:.2f}%")
-    typer.echo(
-        f"{r['videos']} videos of {','.join(r['subjects'])}; fusion = {r['weight']} flow + {1 - r['weight']} rgb"
-    )
+    typer.echo(f"{r['videos']} videos ({r['split']}); fusion = {r['weight']} flow + {1 - r['weight']} rgb")
 
 
 @app.command("config")
@@ -240,7 +229,7 @@ def config_cmd(
     overrides: list[str] | None = typer.Argument(None),
     keys: bool = typer.Option(False, "--keys", help="list every valid key"),
 ):
-    """Print the resolved config (defaults + file + overrides), or every valid key."""
+    """Print the resolved config (defaults + file + overrides), or every valid key (plug-in blocks included)."""
     from .config import dump, load_config, valid_keys
 
     if keys:
@@ -249,6 +238,27 @@ def config_cmd(
     if config and "=" in config:
         overrides, config = [config, *(overrides or [])], None
     typer.echo(dump(load_config(config, overrides or [])), nl=False)
+
+
+@app.command("models")
+def models_cmd():
+    """The registered model families and dataset formats (built in, entry points, FPAR_PLUGINS)."""
+    from .registry import model_specs, reader_specs
+
+    typer.echo("models (model.name):")
+    for name, spec in model_specs().items():
+        typer.echo(f"  {name:<14} {spec.description}  [inputs: {'+'.join(_inputs_of(spec))}]")
+    typer.echo("dataset formats (data.format):")
+    for name, spec in reader_specs().items():
+        typer.echo(f"  {name:<14} {spec.description}")
+
+
+def _inputs_of(spec) -> tuple[str, ...]:
+    from .config import ExperimentConfig
+
+    cfg = ExperimentConfig()
+    cfg.model.name = spec.name
+    return spec.inputs(cfg, False)
 
 
 @app.command("model-params")
@@ -264,8 +274,10 @@ def model_params(
 
     if config and "=" in config:
         overrides, config = [config, *(overrides or [])], None
+    from .data.layout import gtea_vocabulary
+
     cfg = load_config(config, [*(overrides or []), "model.pretrained=none"])
-    model, _ = build_model(cfg, [f"c{i}_x" for i in range(num_classes)])
+    model, _ = build_model(cfg, gtea_vocabulary([f"c{i}_x{i}" for i in range(num_classes)]))
     trainable = set(apply_trainable(model, cfg.train.trainable))
     for n, p in model.named_parameters():
         typer.echo(f"{'T' if n in trainable else ' '} {n} {tuple(p.shape)}")
@@ -280,13 +292,12 @@ def cam(
     compare: str | None = typer.Option(None, "--compare", help="another run whose CAM is shown beside"),
 ):
     """CAM overlays for a video (Figures 10-11); for MS models also predicted and true motion maps."""
-    from . import load_run
+    from .engine.run import open_run
     from .experiments.cam import cam_figure
 
-    model, info = load_run(run)
-    other = load_run(compare)[0] if compare else None
+    other = open_run(compare) if compare else None
     out = out or f"cam_{video.strip('/').replace('/', '_').replace(',', '-')}.png"
-    typer.echo(f"wrote {cam_figure(model, info, video, out, data_root=data, compare=other)}")
+    typer.echo(f"wrote {cam_figure(open_run(run), video, out, data_root=data, compare=other)}")
 
 
 @app.command()
@@ -539,6 +550,20 @@ def reproduce_cmd(
         raise typer.Exit(1)
 
 
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's usage-error and abort classes, from the click that typer runs on (typer may vendor its own copy,
+    so ``click`` itself may not be installed)."""
+    import importlib
+
+    for name in ("typer._click", "click"):  # vendored first, then the separate package
+        try:
+            exc = importlib.import_module(f"{name}.exceptions")
+        except ImportError:
+            continue
+        return exc.ClickException, exc.Abort
+    return (), ()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -553,13 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # click usage errors (missing argument, unknown option, bad value)
+        usage, abort = _usage_error_types()
+        if usage and isinstance(e, usage):
             e.show()
             return 2
-        if isinstance(e, click.exceptions.Abort):
+        if abort and isinstance(e, abort):
             return 1
         raise
     return 0

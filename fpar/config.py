@@ -16,7 +16,7 @@ import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 from omegaconf import OmegaConf
@@ -28,14 +28,60 @@ from .errors import FparError
 # Schema
 
 
+class _Blocks:
+    """Mix-in for the sections that hold plug-in blocks: ``model.<family>.*`` and ``data.<reader>.*``.
+
+    The blocks are the config dataclasses that model files and reader files register with their specs
+    (`fpar.registry`); they are created on first access (``cfg.model.ego_rnn``) and behave like ordinary sections
+    everywhere in this module (keys, overrides, YAML, validation).
+    """
+
+    _section = ""  # "model" or "data": the dotted prefix of this section
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "blocks":
+            raise AttributeError(name)
+        blocks = self.__dict__.setdefault("blocks", {})
+        if name not in blocks:
+            types = block_types(type(self))
+            if name not in types:
+                owner, leaf = self._alias(name)
+                if owner is None:
+                    raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+                return getattr(owner, leaf)
+            blocks[name] = types[name]()
+        return blocks[name]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in {f.name for f in dataclasses.fields(self)} or name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        owner, leaf = self._alias(name)
+        if owner is None:
+            raise AttributeError(f"{type(self).__name__} has no key {name!r}; run `fpar config --keys`")
+        setattr(owner, leaf, value)
+
+    def _alias(self, name: str) -> tuple[Any, str]:
+        """An fpar 0.1.0 attribute (``cfg.model.cam``) -> (the block that holds it now, its name there)."""
+        old = f"{self._section}.{name}"
+        new = canonical_key(old)
+        if new == old:
+            return None, name
+        *path, leaf = new.split(".")[1:]
+        owner = self
+        for part in path:
+            owner = getattr(owner, part)
+        return owner, leaf
+
+
 @dataclass
-class DataConfig:
+class DataConfig(_Blocks):
+    _section = "data"
     root: str = "fpar-demo/data"
-    layout: str = "auto"  # auto | gtea61 (course layout) | egornn (original Ego-RNN layout)
-    frames_dir: str = "processed_frames2"  # some GTEA61 copies call it processed_frames
-    train_subjects: list[str] = field(default_factory=lambda: ["S1", "S3", "S4"])
-    test_subjects: list[str] = field(default_factory=lambda: ["S2"])
-    # Epoch selection: "test" selects the best epoch on the test subjects, as the report and Ego-RNN did;
+    # Which reader turns the root into a manifest: auto (detected, and said in the log) or a registered format
+    # (`fpar formats`); the reader's own keys (split choice, folder names) are data.<format>.*
+    format: str = "auto"
+    # Epoch selection: "test" selects the best epoch on the test split, as the report and Ego-RNN did;
     # "val" holds val_fraction of the training videos out (stratified by class) and selects on them.
     select_on: str = "test"
     val_fraction: float = 0.15
@@ -49,52 +95,18 @@ class DataConfig:
 
 
 @dataclass
-class MSConfig:
-    """Self-supervised motion-segmentation branch (SparNet)."""
+class ModelConfig(_Blocks):
+    """Keys every family shares; a family's own keys are ``model.<family>.*`` (its spec's config dataclass)."""
 
-    enabled: bool = False
-    layer: str = "conv5"  # conv3 (28x28 at 224) | conv4 (14x14) | conv5 (7x7)
-    task: str = "cls"  # cls: 2-way per-pixel cross-entropy | reg: per-pixel squared error
-    target: str = "bw"  # bw: plain (nearest) downsampling | grid: block mean
-    head: str = "fc"  # fc: flatten + linear as in the report | conv: per-pixel 1x1 conv (small at 28x28)
-    hidden: int = 100
-    dropout: float = 0.0
-    weight: float = 1.0
-
-
-@dataclass
-class DiscConfig:
-    """Static-dynamic discriminator on the pooled ConvLSTM state."""
-
-    enabled: bool = False
-    alpha: float = 1.0
-    train_conv5: bool = False  # True: its loss also updates layer4 convs (report Figure 24 row 1)
-
-
-@dataclass
-class RepFlowConfig:
-    enabled: bool = False
-    bottleneck: int = 32
-    n_iter: int = 10
-    learn: bool = True
-    lr_mult: float = 1.0
-
-
-@dataclass
-class ModelConfig:
-    name: str = "ego_rnn"  # ego_rnn | flow_resnet | two_stream
+    _section = "model"
+    name: str = "ego_rnn"  # a registered family (`fpar models`)
     backbone: str = "resnet34"
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision-format state dict
     backbone_classes: int = 0  # classes of the trunk's own fc (CAM); 0: from the pretrained file, else 1000
-    cam: bool = True
-    mem_size: int = 512
     dropout: float = 0.7
-    ms: MSConfig = field(default_factory=MSConfig)
-    disc: DiscConfig = field(default_factory=DiscConfig)
-    repflow: RepFlowConfig = field(default_factory=RepFlowConfig)
-    rgb_run: str | None = None  # two-stream: trained RGB (stage-2) run or checkpoint
-    flow_run: str | None = None  # two-stream: trained flow run or checkpoint
-    fusion_dropout: float = 0.5
+    # action: one classifier over the dataset's actions; verb_noun: a verb and a noun classifier (the dataset's
+    # vocabulary must have verbs and nouns), action scores = log p(verb) + log p(noun) of each action's pair
+    heads: str = "action"
 
 
 @dataclass
@@ -155,6 +167,94 @@ class ExperimentConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Plug-in blocks and key aliases
+
+# Renamed keys of fpar 0.1.0 that are not a plug-in's: old spelling -> new
+_BUILTIN_ALIASES = {"data.layout": "data.format"}
+
+
+def block_types(cls: type) -> dict[str, type]:
+    """The registered blocks of a section class: model families' and readers' config dataclasses, by key."""
+    from .registry import model_specs, reader_specs
+
+    if cls is ModelConfig:
+        return {n: s.config for n, s in model_specs().items() if s.config is not None}
+    if cls is DataConfig:
+        out: dict[str, type] = {}
+        for s in reader_specs().values():
+            if s.config is not None:
+                out.setdefault(s.block or s.name, s.config)
+        return out
+    return {}
+
+
+def _aliases() -> dict[str, str]:
+    from .registry import model_specs, reader_specs
+
+    out = dict(_BUILTIN_ALIASES)
+    for n, s in model_specs().items():
+        for old, new in s.aliases.items():
+            out.setdefault(f"model.{old}", f"model.{n}.{new}")
+    for n, s in reader_specs().items():
+        for old, new in s.aliases.items():
+            out.setdefault(f"data.{old}", f"data.{s.block or n}.{new}")
+    return out
+
+
+def alias_keys() -> list[str]:
+    """Every fpar 0.1.0 spelling that still works (leaves and sections), e.g. ``model.ms.task``."""
+    out = []
+    current = valid_keys()
+    for old, new in _aliases().items():
+        out += [old + k[len(new) :] for k in current if k == new or k.startswith(new + ".")]
+    return out
+
+
+def canonical_key(dotted: str) -> str:
+    """The current spelling of a dotted key: ``model.ms.layer`` -> ``model.ego_rnn.ms.layer`` (fpar 0.1.0 keys are
+    aliases of the blocks that own them now), ``data.layout`` -> ``data.format``; other keys are returned as is."""
+    parts = dotted.split(".")
+    aliases = _aliases()
+    for i in range(len(parts), 0, -1):
+        head = ".".join(parts[:i])
+        if head in aliases:
+            return ".".join([aliases[head], *parts[i:]])
+    return dotted
+
+
+def run_reference_keys() -> set[str]:
+    """Keys whose value names another run (``init.from`` and every stream slot of a multi-stream family): they may
+    differ between two runs of one grid point (a sweep's own folders) without making them different runs."""
+    from .registry import model_specs
+
+    keys = {"init.from"}
+    for n, s in model_specs().items():
+        keys |= {f"model.{n}.{slot.key}" for slot in s.streams.values()}
+    return keys
+
+
+def _fields(cls: type) -> list[tuple[str, Any]]:
+    """(name, type) of a section's keys: its dataclass fields, then its registered blocks."""
+    hints = get_type_hints(cls)
+    out = [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.name != "blocks"]
+    return out + sorted(block_types(cls).items())
+
+
+def _canonical_tree(d: dict[str, Any]) -> dict[str, Any]:
+    """A nested YAML mapping with every key in its current spelling (so files of either spelling merge right)."""
+    out: dict[str, Any] = {}
+    for key, value in _flatten(d):
+        node = out
+        parts = canonical_key(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FparError(f"config key '{key}' sets a section and one of its keys at once")
+        node[parts[-1]] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Conversion between dataclasses and plain dicts (YAML)
 
 _RENAMES = {"from": "from_"}  # YAML / CLI spelling -> field name
@@ -164,9 +264,9 @@ _RENAMES_BACK = {v: k for k, v in _RENAMES.items()}
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain nested dicts and lists, with YAML spellings (``init.from``)."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        key = _RENAMES_BACK.get(f.name, f.name)
+    for name, _ in _fields(type(cfg)):
+        v = getattr(cfg, name)
+        key = _RENAMES_BACK.get(name, name)
         out[key] = to_dict(v) if dataclasses.is_dataclass(v) else _plain(v)
     return out
 
@@ -180,12 +280,10 @@ def _plain(v: Any) -> Any:
 
 
 def valid_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the schema (leaves only), with YAML spellings."""
+    """Every dotted key of the schema (leaves only), with YAML spellings, plug-in blocks included."""
     keys = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        name = _RENAMES_BACK.get(f.name, f.name)
-        t = hints[f.name]
+    for fname, t in _fields(cls):
+        name = _RENAMES_BACK.get(fname, fname)
         if dataclasses.is_dataclass(t):
             keys += valid_keys(t, f"{prefix}{name}.")
         else:
@@ -194,7 +292,8 @@ def valid_keys(cls: type = ExperimentConfig, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(key: str, source: str) -> FparError:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    pool = valid_keys() + alias_keys()  # suggest in the spelling the user wrote (current or fpar 0.1.0)
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; run `fpar config --keys` to list them"
     return FparError(f"unknown config key '{key}' in {source}{hint}")
 
@@ -205,6 +304,11 @@ def _coerce(value: Any, t: Any, key: str, source: str) -> Any:
     args = get_args(t)
     if t is Any:
         return value
+    if origin is Literal:
+        choices = [str(a) for a in args]
+        if str(value) not in choices:
+            raise FparError(f"config key '{key}' in {source} is {value!r}; choose one of {', '.join(choices)}")
+        return str(value)
     if origin is not None and type(None) in args:  # X | None
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             return None
@@ -250,21 +354,24 @@ def _coerce(value: Any, t: Any, key: str, source: str) -> Any:
 
 
 def _apply(cfg: Any, dotted: str, value: Any, source: str) -> None:
-    parts = dotted.split(".")
+    """Set one dotted key (any spelling); errors name the key as it was written."""
+    shown = dotted
+    parts = canonical_key(dotted).split(".")
     obj = cfg
     for i, part in enumerate(parts):
         name = _RENAMES.get(part, part)
-        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in dataclasses.fields(obj)}:
-            raise _unknown_key(dotted, source)
+        types = dict(_fields(type(obj))) if dataclasses.is_dataclass(obj) else {}
+        if name not in types:
+            raise _unknown_key(shown, source)
+        t = types[name]
         if i == len(parts) - 1:
-            t = get_type_hints(type(obj))[name]
             if dataclasses.is_dataclass(t):
                 if not isinstance(value, dict):
-                    raise FparError(f"config key '{dotted}' in {source} is a section; set its keys, e.g. {dotted}.x=")
+                    raise FparError(f"config key '{shown}' in {source} is a section; set its keys, e.g. {shown}.x=")
                 for k, v in value.items():
-                    _apply(cfg, f"{dotted}.{k}", v, source)
+                    _apply(cfg, f"{shown}.{k}", v, source)
             else:
-                setattr(obj, name, _coerce(value, t, dotted, source))
+                setattr(obj, name, _coerce(value, t, shown, source))
         else:
             obj = getattr(obj, name)
 
@@ -310,22 +417,29 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Defaults, then the YAML file (and the files it ``extends``), then ``key=value`` overrides.
 
-    ``${key}`` interpolations (OmegaConf) are resolved against the merged defaults and files.
+    ``${key}`` interpolations (OmegaConf) are resolved once everything is merged, the overrides included, so
+    ``out: runs/${name}`` with ``name=x`` gives ``runs/x``. Keys may use their fpar 0.1.0 spellings (aliases).
     """
     cfg = ExperimentConfig()
-    if path is not None:
-        chain = _extends_chain(Path(path))
-        layers = [OmegaConf.create(to_dict(cfg))] + [OmegaConf.create(_read_yaml(p)) for p in chain]
-        try:
-            merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
-        except OmegaConfBaseException as e:
-            raise FparError(f"config file {path}: {str(e).splitlines()[0]}") from None
-        for p in chain:  # an unknown key is reported against the file that wrote it
-            _check_keys(_read_yaml(p), str(p))
-        cfg = from_dict(merged, str(path), cfg)
+    chain = _extends_chain(Path(path)) if path is not None else []
+    for p in chain:  # an unknown key is reported against the file that wrote it
+        _check_keys(_read_yaml(p), str(p))
+    cli: dict[str, Any] = {}
     for text in overrides:
         key, value = parse_override(text)
-        _apply(cfg, key, value, "the command line")
+        _apply(ExperimentConfig(), key, value, "the command line")  # type and key errors name the command line
+        node = cli
+        parts = canonical_key(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    layers = [to_dict(cfg), *(_canonical_tree(_read_yaml(p)) for p in chain), cli]
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(x) for x in layers)), resolve=True)
+    except OmegaConfBaseException as e:
+        where = f"config file {path}" if path is not None else "the command line"
+        raise FparError(f"{where}: {str(e).splitlines()[0]}") from None
+    cfg = from_dict(merged, str(path) if path is not None else "the command line", cfg)
     validate(cfg)
     return cfg
 
@@ -333,6 +447,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def _check_keys(d: dict[str, Any], source: str) -> None:
     known = set(valid_keys())
     for key, _ in _flatten(d):
+        key = canonical_key(key)
         if key not in known and not any(k.startswith(key + ".") for k in known):
             raise _unknown_key(key, source)
 
@@ -359,8 +474,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def flat_dict(d: dict[str, Any]) -> dict[str, Any]:
-    """Nested config dict -> {dotted key: value} (``optim.groups`` stays one value)."""
-    return dict(_flatten(d))
+    """Nested config dict -> {dotted key: value} in current spellings (``optim.groups`` stays one value); a config
+    saved by fpar 0.1.0 gives the same keys as a new one."""
+    return {canonical_key(k): v for k, v in _flatten(d)}
 
 
 def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
@@ -380,15 +496,10 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
 
 
 _CHOICES = {
-    "data.layout": ("auto", "gtea61", "egornn"),
     "data.select_on": ("test", "val"),
     "data.sampling": ("seed", "egornn"),
-    "model.name": ("ego_rnn", "flow_resnet", "two_stream"),
     "model.backbone": ("resnet18", "resnet34", "resnet50"),
-    "model.ms.layer": ("conv3", "conv4", "conv5"),
-    "model.ms.task": ("cls", "reg"),
-    "model.ms.target": ("bw", "grid"),
-    "model.ms.head": ("fc", "conv"),
+    "model.heads": ("action", "verb_noun"),
     "optim.name": ("adam", "sgd"),
     "sched.name": ("multistep", "step", "none"),
     "init.checkpoint": ("best", "last"),
@@ -396,6 +507,12 @@ _CHOICES = {
 
 
 def validate(cfg: ExperimentConfig) -> None:
+    """Choices and ranges of the shared keys, then each block's own ``validate(cfg)`` (model families, readers)."""
+    from .registry import model_spec, reader_spec
+
+    model_spec(cfg.model.name)  # an unknown family is named with the registered ones
+    if cfg.data.format != "auto":
+        reader_spec(cfg.data.format)
     d = dict(_flatten(to_dict(cfg)))
     for key, choices in _CHOICES.items():
         if d[key] not in choices:
@@ -414,32 +531,27 @@ def validate(cfg: ExperimentConfig) -> None:
         "train.max_batches": (cfg.train.max_batches, 0),
         "data.num_workers": (cfg.data.num_workers, 0),
         "seed": (cfg.seed, 0),
-        "model.mem_size": (cfg.model.mem_size, 1),
         "data.flow_stacks_test": (cfg.data.flow_stacks_test, 1),
         "optim.lr": (cfg.optim.lr, 0.0),
         "optim.weight_decay": (cfg.optim.weight_decay, 0.0),
-        "model.ms.hidden": (cfg.model.ms.hidden, 1),
-        "model.repflow.n_iter": (cfg.model.repflow.n_iter, 1),
     }
     for key, (value, low) in at_least.items():
         if value < low:
             raise FparError(f"config key '{key}' must be at least {low}, got {value}")
-    for key, p in (
-        ("model.dropout", cfg.model.dropout),
-        ("model.fusion_dropout", cfg.model.fusion_dropout),
-        ("model.ms.dropout", cfg.model.ms.dropout),
-    ):
-        if not 0 <= p < 1:
-            raise FparError(f"config key '{key}' must be in [0, 1), got {p}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise FparError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
     if not (cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith(("cuda", "mps"))):
         raise FparError(f"train.device is {cfg.train.device!r}; use auto, cpu, cuda or cuda:N")
-    if cfg.model.repflow.enabled and cfg.data.frames < 2:
-        raise FparError("the representation-flow layer needs data.frames >= 2 (it works on consecutive pairs)")
     for g in cfg.optim.groups:
         if not isinstance(g, dict) or not isinstance(g.get("lr"), (int, float)) or "pattern" not in g:
             raise FparError(f"each optim.groups entry is {{pattern: REGEX, lr: NUMBER}}, got {g!r}")
     if not 0 < cfg.data.val_fraction < 1:
         raise FparError("data.val_fraction must be between 0 and 1")
+    for section in (cfg.model, cfg.data):
+        for name in block_types(type(section)):
+            block = getattr(section, name)
+            if hasattr(block, "validate"):
+                block.validate(cfg)  # a block checks its own keys (ranges, keys it needs from the rest)
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
@@ -454,7 +566,7 @@ def dump(cfg: ExperimentConfig) -> str:
 
 def get(cfg: ExperimentConfig, dotted: str) -> Any:
     obj: Any = cfg
-    for part in dotted.split("."):
+    for part in canonical_key(dotted).split("."):
         obj = getattr(obj, _RENAMES.get(part, part))
     return obj
 

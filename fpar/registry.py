@@ -1,30 +1,259 @@
-"""Name-based model registry shared by the CLI, configs and tests."""
+"""Plug-in registries: model families and dataset readers, each described by a spec, found by name.
+
+A model family is one file under ``fpar/models/`` that calls :func:`register_model_spec` with a :class:`ModelSpec`;
+a dataset reader is one file under ``fpar/data/readers/`` that calls :func:`register_reader` with a
+:class:`ReaderSpec`. Both folders are scanned on first use, so adding a file is all it takes. Packages outside fpar
+register through entry points (``[project.entry-points."fpar.models"]`` / ``"fpar.readers"``: each entry names a
+module that registers on import), and ``FPAR_PLUGINS=mod1,mod2`` imports modules by name, so a plug-in is there in
+every new process (workers, sweeps, ``torchrun``).
+
+Everything outside a model's own file asks its spec (what it reads, how it is built, what it exports, whether it has
+attention maps) and never tests a model's name; likewise for readers.
+
+This module sits below ``data`` and ``models`` (it imports neither): discovery imports the plug-in modules by name,
+at run time, and they register themselves.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import logging
+import os
+import pkgutil
 from collections.abc import Callable
-
-from torch import nn
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import FparError
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------------------
+# Specs
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _MODELS[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class StreamSlot:
+    """A trained single-stream run that a multi-stream model is built from.
+
+    ``key`` names the field of the family's config block that holds the run folder (``model.two_stream.rgb_run``);
+    ``inputs`` is what that stream must read (a run of a model whose ``inputs`` differ is refused).
+    """
+
+    key: str
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What `fpar export` writes for a model: a module mapping one input tensor to logits, and how to feed it.
+
+    ``module`` takes a tensor of ``shape`` (batch first; the batch axis is kept dynamic) and returns (B, classes);
+    ``layout`` says in words what the input holds; ``preprocessing`` goes into the JSON sidecar as is.
+    """
+
+    module: Any
+    input_name: str
+    shape: list[int]
+    layout: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    """What a family's ``build`` gets: the run's resolved ``cfg`` (an ExperimentConfig), its own config ``block``
+    (``cfg.model.<family>``, None without one), the dataset's ``vocab`` (a Vocabulary: actions, verbs, nouns) and,
+    for multi-stream families, the built ``streams`` by slot name."""
+
+    cfg: Any
+    block: Any
+    vocab: Any
+    streams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the rest of fpar uses a model family. Only ``name``, ``build``, ``inputs`` and ``forward`` are required.
+
+    Attributes:
+        name: the value of ``model.name``.
+        build: ``build(ctx: BuildContext) -> nn.Module``; the module's ``losses(out, batch)`` returns its loss terms.
+        inputs: ``inputs(cfg, train) -> tuple`` of modalities the data loader provides (``"rgb"``, ``"flow"``,
+            ``"mmaps"``); evaluation asks with ``train=False``.
+        forward: ``forward(model, batch, train) -> ModelOutput`` from a batch dict of tensors.
+        config: a dataclass whose fields are the family's keys ``model.<name>.*`` (None: no own keys).
+        aliases: old top-level ``model.X`` keys that now live in the block: ``{"cam": "cam"}`` reads ``model.cam``
+            as ``model.<name>.cam`` (fpar 0.1.0 configs and checkpoints keep opening).
+        streams: named trained runs the model is built from (two-stream); the engine opens them and passes the
+            built modules to ``build`` as ``ctx.streams``.
+        configure: ``configure(cfg, stream_cfgs)``: adjust the run's config to its streams before building (e.g. the
+            flow stack length of the flow run); may be None.
+        export: ``export(model, cfg, frames) -> ExportPlan``; None when the family cannot be exported, with
+            ``export_refusal(cfg)`` saying why in one line.
+        attention: ``attention(model) -> str | None``: None when ``forward`` fills ``ModelOutput.attn`` in eval
+            mode, else the reason in words (for ``--cam``). None: the family has no attention maps.
+        aux_maps: ``aux_maps(model, out, batch, cfg) -> {column title: (T, s, s) array in [0, 1]}``: extra per-frame
+            pictures for `fpar cam` (motion-segmentation predictions and targets); may be None.
+        description: one line for `fpar models`.
+        defaults: the recipe that trains it (``configs/...``), for documentation.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    inputs: Callable[..., tuple[str, ...]]
+    forward: Callable[..., Any]
+    config: type | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    streams: dict[str, StreamSlot] = field(default_factory=dict)
+    configure: Callable[..., None] | None = None
+    export: Callable[..., ExportPlan] | None = None
+    export_refusal: Callable[..., str] | None = None
+    attention: Callable[..., str | None] | None = None
+    aux_maps: Callable[..., dict] | None = None
+    description: str = ""
+    defaults: str = ""
+    factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """How fpar reads one dataset format into a :class:`~fpar.data.manifest.Manifest`.
+
+    Attributes:
+        name: the value of ``data.format``.
+        read: ``read(root, block, data_cfg) -> Manifest`` (raises FparError for an unusable root).
+        detect: ``detect(root, data_cfg) -> bool``: whether ``root`` looks like this format (``data.format=auto``;
+            ``data_cfg`` may be None).
+        split: ``split(manifest, block) -> (train indices, test indices)``, the format's named split as configured.
+        config: a dataclass whose fields are the reader's keys ``data.<name>.*``; None when it has none.
+        aliases: old top-level ``data.X`` keys that live in the block now (``data.train_subjects``).
+        folds: ``folds(manifest, block) -> [{dotted key: value}]``: the overrides of each cross-validation fold
+            (leave-one-subject-out for GTEA61); None when the format has no folds.
+        describe_split: ``describe_split(block) -> str``: the split in words, for logs and reports.
+        vocabulary_from_classes: rebuild a vocabulary from class names alone (checkpoints of fpar 0.1.0).
+        block: the key of its config block, when several readers share one (default: ``name``).
+    """
+
+    name: str
+    read: Callable[..., Any]
+    detect: Callable[..., bool]
+    split: Callable[..., tuple[list[int], list[int]]]
+    config: type | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    folds: Callable[..., list[dict[str, Any]]] | None = None
+    describe_split: Callable[..., str] | None = None
+    vocabulary_from_classes: Callable[[list[str]], Any] | None = None
+    block: str | None = None  # the config block's key when readers share one (both GTEA61 layouts: gtea61)
+    description: str = ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registration and discovery
+
+_MODELS: dict[str, ModelSpec] = {}
+_READERS: dict[str, ReaderSpec] = {}
+_DISCOVERED = False
+
+_BUILTIN_PACKAGES = ("fpar.models", "fpar.data.readers")
+ENTRY_POINT_GROUPS = ("fpar.models", "fpar.readers")
+
+
+def register_model_spec(spec: ModelSpec) -> ModelSpec:
+    """Register a model family (called at import time of its file). A second registration of a name replaces the
+    first only when it comes from the same module (re-import); otherwise it is an error."""
+    old = _MODELS.get(spec.name)
+    if old is not None and old.build.__module__ != spec.build.__module__:
+        raise FparError(
+            f"model '{spec.name}' is registered twice ({old.build.__module__} and {spec.build.__module__}); "
+            "rename one of them"
+        )
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def register_reader(spec: ReaderSpec) -> ReaderSpec:
+    old = _READERS.get(spec.name)
+    if old is not None and old.read.__module__ != spec.read.__module__:
+        raise FparError(
+            f"dataset format '{spec.name}' is registered twice ({old.read.__module__} and {spec.read.__module__}); "
+            "rename one of them"
+        )
+    _READERS[spec.name] = spec
+    return spec
+
+
+def _import_plugin(module: str, origin: str) -> None:
+    try:
+        importlib.import_module(module)
+    except FparError:
+        raise
+    except Exception as e:  # a broken plug-in must not take fpar down with a traceback
+        raise FparError(f"plug-in module {module!r} ({origin}) failed to import: {type(e).__name__}: {e}") from None
+
+
+def discover() -> None:
+    """Import every built-in model and reader file, the entry points and ``FPAR_PLUGINS`` (once per process)."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True  # set first: plug-in modules may call back into the registry while importing
+    for pkg_name in _BUILTIN_PACKAGES:
+        pkg = importlib.import_module(pkg_name)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                _import_plugin(f"{pkg_name}.{info.name}", "built in")
+    from importlib.metadata import entry_points
+
+    for group in ENTRY_POINT_GROUPS:
+        for ep in entry_points(group=group):
+            _import_plugin(ep.value.split(":")[0], f"entry point {group}:{ep.name}")
+    for mod in filter(None, (m.strip() for m in os.environ.get("FPAR_PLUGINS", "").split(","))):
+        _import_plugin(mod, "FPAR_PLUGINS")
+
+
+def _lookup(table: dict, name: str, what: str, key: str):
+    discover()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise FparError(
+            f"unknown {what} '{name}' ({key}); {hint}choose one of {', '.join(sorted(table))} (a plug-in must be "
+            "installed or named in FPAR_PLUGINS)"
+        )
+    return table[name]
+
+
+def model_spec(name: str) -> ModelSpec:
+    return _lookup(_MODELS, name, "model", "model.name")
+
+
+def reader_spec(name: str) -> ReaderSpec:
+    return _lookup(_READERS, name, "dataset format", "data.format")
+
+
+def model_specs() -> dict[str, ModelSpec]:
+    discover()
+    return dict(sorted(_MODELS.items()))
+
+
+def reader_specs() -> dict[str, ReaderSpec]:
+    discover()
+    return dict(sorted(_READERS.items()))
 
 
 def list_models() -> list[str]:
-    from . import models  # noqa: F401  (registers the builders)
-
-    return sorted(_MODELS)
+    return list(model_specs())
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name, e.g. ``create_model("ego_rnn", num_classes=61, pretrained="none")``."""
-    names = list_models()
-    if name not in _MODELS:
-        raise FparError(f"unknown model '{name}'; choose one of {', '.join(names)}")
-    return _MODELS[name](**kwargs)
+def list_readers() -> list[str]:
+    return list(reader_specs())
+
+
+def create_model(name: str, **kwargs):
+    """Build a registered model by keyword arguments, e.g. ``create_model("ego_rnn", num_classes=61,
+    pretrained="none")`` (scripts and notebooks; training builds from a config through `fpar.engine.build`)."""
+    spec = model_spec(name)
+    if spec.factory is None:
+        raise FparError(f"model '{name}' has no keyword constructor; build it from a config (fpar train)")
+    return spec.factory(**kwargs)

@@ -1,6 +1,8 @@
 """Training engine end to end on tiny synthetic data: run folder, resume, stages, CLI errors, eval."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,13 +149,29 @@ def test_resume_after_the_last_epoch_only_writes_the_summary(tiny_overrides, tmp
     assert main(["train", "--resume", str(tmp_path / "r"), "optim.lr=1"]) == 2  # would change the run
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "d"), "--quick"]) == 0
-    out = capsys.readouterr().out
-    assert "| stage1 |" in out and "| stage2 |" in out
+REFERENCE = Path(__file__).parent / "data" / "demo_quick_reference.json"
+
+
+def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
+    """`fpar demo --quick` in a fresh process (one thread) gives exactly the metrics fpar 0.1.0 gave before models
+    and readers became plug-ins: every loss and accuracy of every epoch, to the last bit."""
+    import subprocess
+    import sys
+
+    ref = json.loads(REFERENCE.read_text())
+    if ref["recorded_with"]["torch"] != torch.__version__:
+        pytest.skip(f"reference recorded with torch {ref['recorded_with']['torch']}, this is {torch.__version__}")
+    env = {**os.environ, "FPAR_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fpar", "demo", "--out", str(tmp_path / "d"), "--quick"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| stage1 |" in r.stdout and "| stage2 |" in r.stdout
     for stage in ("stage1", "stage2"):
-        s = json.loads((tmp_path / "d" / "runs" / stage / "summary.json").read_text())
-        assert s["videos"] == 6 and 0 <= s["best_top1"] <= 100
+        run = tmp_path / "d" / "runs" / stage
+        s = json.loads((run / "summary.json").read_text())
+        assert {k: s[k] for k in ref[stage]["summary"]} == ref[stage]["summary"]
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [{k: row[k] for k in want} for row, want in zip(rows, ref[stage]["metrics"])] == ref[stage]["metrics"]
     cams = list((tmp_path / "d" / "runs" / "stage2" / "cam").glob("*.png"))
-    assert cams and all(p.stat().st_size > 1000 for p in cams)
+    assert len(cams) == 4 and all(p.stat().st_size > 1000 for p in cams)
     assert (tmp_path / "d" / "backbone.pt").is_file()

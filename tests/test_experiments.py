@@ -559,5 +559,5 @@ def test_reproduce_fig21_quick_on_tiny_data(tiny_root, tmp_path):
     assert r["table"] in "\n".join(lines)
     cfg = yaml.safe_load((tmp_path / "fig21" / "s2--28x28_grey_reg-seed0" / "config.yaml").read_text())
     assert cfg["init"]["from"] == str((tmp_path / "fig21" / "s1--base-seed0").resolve())
-    assert cfg["model"]["ms"]["layer"] == "conv3" and cfg["data"]["input_size"] == 64
+    assert cfg["model"]["ego_rnn"]["ms"]["layer"] == "conv3" and cfg["data"]["input_size"] == 64
     assert (tmp_path / "fig21" / "report" / "index.html").is_file()

@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from fpar import create_model, list_models
-from fpar.config import DiscConfig, ModelConfig, MSConfig, OptimConfig, RepFlowConfig
-from fpar.engine.losses import disc_loss, ms_loss, ms_targets, total_loss
+from fpar.config import OptimConfig
 from fpar.engine.stages import apply_trainable, param_groups, set_train_mode
 from fpar.errors import FparError
-from fpar.models.ego_rnn import feature_size, make_static_clip
-from fpar.models.heads import MotionSegmentationHead
+from fpar.models.ego_rnn import DiscConfig, MSConfig, RepFlowConfig, feature_size, make_static_clip
+from fpar.models.heads import MotionSegmentationHead, disc_loss, ms_loss, ms_targets, total_loss
 
 STAGE1 = [r"^lstm\.", r"^classifier\."]
 STAGE2 = STAGE1 + [r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]
@@ -157,8 +156,9 @@ def test_total_loss_adds_weighted_parts():
     }
     torch.manual_seed(2)
     out = model(batch["rgb"], static_idx=batch["static_idx"], with_ms=True)
-    cfg = ModelConfig(ms=MSConfig(enabled=True, weight=1.0), disc=DiscConfig(enabled=True, alpha=0.1))
-    loss, parts = total_loss(out, batch, cfg)
+    terms = model.losses(out, batch)  # the heads' terms with their configured weights (ms 1.0, alpha 0.1)
+    assert list(terms) == ["action", "ms", "disc"] and terms["disc"].weight == 0.1
+    loss, parts = total_loss(terms)
     expected = parts["action_loss"] + parts["ms_loss"] + 0.1 * parts["disc_loss"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 

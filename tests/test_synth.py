@@ -4,10 +4,10 @@ import hashlib
 
 import numpy as np
 
+from fpar.data.flowcodec import decode_flow
 from fpar.data.imageio import read_rgb
 from fpar.data.layout import discover
 from fpar.data.synth import PRESETS, STYLES, full_classes, motion_pairs, render_video, synthesize
-from fpar.video.flowcodec import decode_flow
 
 
 def _digest(root):

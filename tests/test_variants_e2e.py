@@ -90,9 +90,9 @@ def test_two_stream_refuses_wrong_runs(tiny_root, tmp_path, stage1):
     from fpar.errors import FparError
 
     ov = _tiny(tiny_root) + ["data.flow_stack=2"]
-    with pytest.raises(FparError, match="model.flow_run=.* is a run of model 'ego_rnn'"):
+    with pytest.raises(FparError, match="model.two_stream.flow_run=.* is a run of model 'ego_rnn'"):
         _run("two_stream.yaml", ov, tmp_path / "ts", f"model.rgb_run={stage1}", f"model.flow_run={stage1}")
-    with pytest.raises(FparError, match="model.rgb_run"):
+    with pytest.raises(FparError, match="model.two_stream.rgb_run"):
         _run("two_stream.yaml", ov, tmp_path / "ts2", f"model.rgb_run={tmp_path / 'nope'}", f"model.flow_run={stage1}")
 
 
@@ -109,8 +109,8 @@ def test_late_fusion_cli(tiny_root, tmp_path, stage1, capsys):
 
 def test_discriminator_with_rep_flow_is_refused():
     from fpar import create_model
-    from fpar.config import DiscConfig, RepFlowConfig
     from fpar.errors import FparError
+    from fpar.models.ego_rnn import DiscConfig, RepFlowConfig
 
     with pytest.raises(FparError, match="cannot be combined"):
         create_model(

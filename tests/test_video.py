@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fpar.data.flowcodec import decode_flow, encode_flow
 from fpar.errors import FparError
 from fpar.video.flow import compute_flow, estimate_camera_homography, motion_map, to_grey, warp_flow
-from fpar.video.flowcodec import decode_flow, encode_flow
 from fpar.video.io import read_frame_folder, read_video
 from fpar.video.prepare import LOCK_NAME, MANIFEST_NAME, TMP_NAME, discover, prepare
 

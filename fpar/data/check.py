@@ -5,36 +5,43 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+from ..config import DataConfig
 from ..errors import FparError
 from .imageio import read_grey, read_mmap, read_rgb
-from .layout import Problem, check_lengths, discover, split_problems
+from .layout import check_lengths, split_problems
+from .manifest import Problem
+from .readers import block_of, resolve_reader
 
 
 def check_dataset(
-    root: str,
+    data: DataConfig | str,
     *,
     frames: int = 7,
     flow_stack: int = 5,
-    train: list[str] | None = None,
-    test: list[str] | None = None,
-    frames_dir: str = "processed_frames2",
     decode: bool = True,
 ) -> dict:
     """Everything `fpar data check` prints, as a dict (``--json`` prints it as is).
 
-    ``decode`` opens every image (to find unreadable or truncated files); without it only names are checked.
+    ``data`` is the config's data section (reader, its split) or just a root (the reader's defaults). ``decode`` opens
+    every image (to find unreadable or truncated files); without it only names are checked.
     """
-    manifest = discover(root, frames_dir=frames_dir)
-    train = train or ["S1", "S3", "S4"]
-    test = test or ["S2"]
+    if isinstance(data, str):
+        data = DataConfig(root=data)
+    spec = resolve_reader(data)
+    block = block_of(spec, data)
+    manifest = spec.read(data.root, block, data)
     problems: list[Problem] = list(manifest.problems)
     problems += check_lengths(manifest, frames=frames, flow_stack=flow_stack)
     subjects = manifest.subjects()
-    present = [s for s in train + test if s in subjects]
-    problems += split_problems(manifest, [s for s in train if s in subjects], [s for s in test if s in subjects])
-    for s in train + test:
-        if s not in subjects:
-            problems.append(Problem("missing_subject", s, f"subject {s} of the default split has no videos", True))
+    try:
+        train_idx, test_idx = spec.split(manifest, block)
+    except FparError as e:  # a split that names what the dataset lacks: report it, do not stop the scan
+        problems.append(Problem("missing_subject", ".", str(e), True))
+        train_idx, test_idx = [], []
+    train = sorted({manifest.videos[i].subject for i in train_idx})
+    test = sorted({manifest.videos[i].subject for i in test_idx})
+    present = train + test
+    problems += split_problems(manifest, train, test)
     if decode:
         for v in manifest.videos:
             for paths, reader in (
@@ -59,8 +66,8 @@ def check_dataset(
     usable = [v for v in manifest.videos if v.usable]
     frame_counts = [v.num_frames for v in usable] or [0]
     by_split = {
-        "train": sum(1 for v in usable if v.subject in train),
-        "test": sum(1 for v in usable if v.subject in test),
+        "train": sum(1 for i in train_idx if manifest.videos[i].usable),
+        "test": sum(1 for i in test_idx if manifest.videos[i].usable),
     }
     fatal = [p for p in problems if p.fatal and p.kind != "missing_subject"]
     ok = bool(usable) and by_split["train"] > 0 and by_split["test"] > 0
@@ -71,7 +78,12 @@ def check_dataset(
         "usable_videos": len(usable),
         "classes": manifest.classes,
         "subjects": subjects,
-        "splits": {"train": train, "test": test, **{f"{k}_videos": n for k, n in by_split.items()}},
+        "splits": {
+            "train": train,
+            "test": test,
+            "description": spec.describe_split(block) if spec.describe_split else "",
+            **{f"{k}_videos": n for k, n in by_split.items()},
+        },
         "frames": {
             "min": min(frame_counts),
             "max": max(frame_counts),

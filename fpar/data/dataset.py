@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 from ..config import DataConfig
 from ..errors import FparError
 from .imageio import read_grey, read_mmap, read_rgb
-from .layout import Manifest
+from .manifest import Manifest
+from .readers import block_of, reader_of
 from .sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
 from .transforms import draw_params, transform_flow, transform_mmaps, transform_rgb
 
@@ -27,7 +28,8 @@ class ClipDataset(Dataset):
     Each item is a dict:
         ``rgb``: (T, 3, S, S) float, ``flow``: (2L, S, S) float (or (K, 2L, S, S) for K test stacks),
         ``mmaps``: (T, S, S) uint8 {0, 1}, ``label``: int, ``index``: int (video index in the manifest),
-        ``static_idx``: int in [0, T) (the frame a static clip repeats).
+        ``static_idx``: int in [0, T) (the frame a static clip repeats),
+        ``verb``, ``noun``: ints, when the dataset's vocabulary has verbs and nouns.
     Only the requested ``modalities`` are loaded.
     """
 
@@ -78,6 +80,8 @@ class ClipDataset(Dataset):
         p = draw_params(rng, train=self.train)
         kw = dict(scale_size=cfg.scale_size, input_size=cfg.input_size)
         item: dict = {"label": v.label, "index": vid}
+        if self.manifest.vocab.has_verb_noun:
+            item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
         if "rgb" in self.modalities:
             item["rgb"] = transform_rgb([read_rgb(v.rgb[k]) for k in frame_idx], p, **kw)
@@ -105,26 +109,28 @@ class Splits:
     train: list[int]
     select: list[int]  # the videos the best epoch is chosen on
     test: list[int]
-    select_on: str  # "test" (the report's protocol: S2) or "val" (held out of the training subjects)
+    select_on: str  # "test" (the report's protocol: S2) or "val" (held out of the training split)
+    name: str = ""  # the reader's split in words ("train S1,S3,S4 / test S2")
 
     def describe(self, manifest: Manifest, cfg: DataConfig) -> str:
         how = (
-            f"epochs selected on the test subjects {','.join(cfg.test_subjects)} (the report's protocol)"
+            "epochs selected on the test split (the report's protocol)"
             if self.select_on == "test"
-            else f"epochs selected on a {cfg.val_fraction:.0%} validation split of {','.join(cfg.train_subjects)}"
+            else f"epochs selected on a {cfg.val_fraction:.0%} validation split of the training videos"
         )
-        return f"train {len(self.train)} videos, test {len(self.test)} videos; {how}"
+        split = f" ({self.name})" if self.name else ""
+        return f"train {len(self.train)} videos, test {len(self.test)} videos{split}; {how}"
 
 
 def make_splits(manifest: Manifest, cfg: DataConfig, *, seed: int = 0) -> Splits:
-    """Subject splits; with ``select_on: val`` a class-stratified validation split comes out of training."""
-    overlap = set(cfg.train_subjects) & set(cfg.test_subjects)
-    if overlap:
-        raise FparError(f"subject(s) {', '.join(sorted(overlap))} are in both data.train_subjects and test_subjects")
-    train = manifest.select(cfg.train_subjects)
-    test = manifest.select(cfg.test_subjects)
+    """The reader's train/test split as configured; with ``select_on: val`` a class-stratified validation split
+    comes out of training."""
+    reader = reader_of(manifest)
+    block = block_of(reader, cfg)
+    train, test = reader.split(manifest, block)
+    name = reader.describe_split(block) if reader.describe_split is not None else ""
     if cfg.select_on == "test":
-        return Splits(train, test, test, "test")
+        return Splits(train, test, test, "test", name)
     rng = np.random.default_rng(seed + 7919)
     by_class: dict[int, list[int]] = {}
     for i in train:
@@ -137,10 +143,4 @@ def make_splits(manifest: Manifest, cfg: DataConfig, *, seed: int = 0) -> Splits
         if len(items) > 1:
             val += items[: max(k, 1)]
     keep = sorted(set(train) - set(val))
-    return Splits(keep, sorted(val), test, "val")
-
-
-def loso_folds(manifest: Manifest) -> list[tuple[list[str], list[str]]]:
-    """Leave-one-subject-out folds: (train subjects, [test subject]) for every subject."""
-    subs = list(manifest.subjects())
-    return [([s for s in subs if s != t], [t]) for t in subs]
+    return Splits(keep, sorted(val), test, "val", name)

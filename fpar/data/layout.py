@@ -23,129 +23,17 @@ and each fix is recorded as a :class:`Problem`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import FparError
+from .manifest import Manifest, Problem, VideoRecord, Vocabulary
+
+__all__ = ["Manifest", "Problem", "VideoRecord", "Vocabulary", "discover", "detect_layout", "nearest_fill"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _NUM = re.compile(r"^(?P<prefix>[A-Za-z_]+?)(?P<num>\d+)\.(?P<ext>png|jpg|jpeg)$", re.IGNORECASE)
-
-
-@dataclass
-class Problem:
-    """One thing found wrong with a dataset, and what fpar does about it."""
-
-    kind: str  # hidden_file | duplicate_file | missing_mmap | missing_modality | empty_video | too_short |
-    #            count_mismatch | unreadable_image | class_one_split | empty_class | stray_file | bad_name
-    path: str  # relative to the dataset root
-    message: str
-    fatal: bool = False  # True when the video cannot be used at all
-
-
-@dataclass
-class VideoRecord:
-    subject: str
-    cls: str
-    instance: str
-    rgb: list[str]  # absolute paths, in frame order
-    flow_x: list[str] = field(default_factory=list)
-    flow_y: list[str] = field(default_factory=list)
-    mmaps: list[str] = field(default_factory=list)  # one per rgb frame after the nearest-map fix; [] when absent
-    label: int = -1
-    usable: bool = True
-
-    @property
-    def key(self) -> str:
-        return f"{self.subject}/{self.cls}/{self.instance}"
-
-    @property
-    def verb(self) -> str:
-        return self.cls.split("_", 1)[0]
-
-    @property
-    def noun(self) -> str:
-        return self.cls.split("_", 1)[1] if "_" in self.cls else self.cls
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.rgb)
-
-    @property
-    def num_flows(self) -> int:
-        return min(len(self.flow_x), len(self.flow_y))
-
-
-@dataclass
-class Manifest:
-    root: str
-    layout: str
-    classes: list[str]
-    videos: list[VideoRecord]
-    problems: list[Problem]
-
-    # ----------------------------------------------------------------------------------------------------------
-    def subjects(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for v in self.videos:
-            out[v.subject] = out.get(v.subject, 0) + 1
-        return dict(sorted(out.items()))
-
-    def select(self, subjects: list[str], *, usable_only: bool = True) -> list[int]:
-        """Indices of the videos of these subjects."""
-        missing = [s for s in subjects if s not in self.subjects()]
-        if missing:
-            raise FparError(
-                f"subject(s) {', '.join(missing)} not found under {self.root} (found: {', '.join(self.subjects())}); "
-                "set data.train_subjects / data.test_subjects"
-            )
-        return [i for i, v in enumerate(self.videos) if v.subject in subjects and (v.usable or not usable_only)]
-
-    def verbs(self) -> list[str]:
-        return sorted({c.split("_", 1)[0] for c in self.classes})
-
-    def nouns(self) -> list[str]:
-        return sorted({(c.split("_", 1)[1] if "_" in c else c) for c in self.classes})
-
-    def fingerprint(self) -> str:
-        """A hash of what a model sees: the classes and every video's files (names and counts, not contents)."""
-        h = hashlib.sha256()
-        h.update("\n".join(self.classes).encode())
-        for v in self.videos:
-            h.update(f"{v.key}|{len(v.rgb)}|{v.num_flows}|{len(v.mmaps)}|{v.usable}".encode())
-            for p in v.rgb[:1] + v.rgb[-1:]:
-                h.update(os.path.relpath(p, self.root).encode())
-        return h.hexdigest()[:16]
-
-    def to_json(self) -> dict:
-        def rel(paths: list[str]) -> list[str]:
-            return [os.path.relpath(p, self.root) for p in paths]
-
-        return {
-            "root": self.root,
-            "layout": self.layout,
-            "classes": self.classes,
-            "videos": [
-                {
-                    **asdict(v),
-                    "rgb": rel(v.rgb),
-                    "flow_x": rel(v.flow_x),
-                    "flow_y": rel(v.flow_y),
-                    "mmaps": rel(v.mmaps),
-                }
-                for v in self.videos
-            ],
-            "problems": [asdict(p) for p in self.problems],
-        }
-
-    def save(self, path: str | Path) -> None:
-        from ..utils import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_json()))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -283,10 +171,38 @@ def discover(root: str | Path, *, layout: str = "auto", frames_dir: str = "proce
         raise FparError(f"no videos found under {frames_root}; expected <subject>/<class>/<instance>/ folders")
 
     classes = sorted({v.cls for v in videos})
+    vocab = gtea_vocabulary(classes)
     index = {c: i for i, c in enumerate(classes)}
     for v in videos:
         v.label = index[v.cls]
-    return Manifest(str(root), found_layout, classes, videos, problems)
+        v.verb_label, v.noun_label = vocab.action_verb[v.label], vocab.action_noun[v.label]
+        v.verb, v.noun = vocab.verbs[v.verb_label], vocab.nouns[v.noun_label]
+    return Manifest(str(root), found_layout, classes, videos, problems, vocab)
+
+
+def split_class_name(name: str) -> tuple[str, str]:
+    """GTEA61 class folders are ``verb_noun`` (``take_cup``, ``pour_mustard,hotdog,bread``): split on the first ``_``;
+    a name without one is its own verb and noun."""
+    verb, _, noun = name.partition("_")
+    return verb, noun or name
+
+
+def motion_pairs(classes: list[str]) -> list[tuple[str, str]]:
+    """Pairs of classes that differ only by the direction of motion (take/put, open/close)."""
+    pairs = []
+    for a, b in (("take", "put"), ("open", "close")):
+        for c in classes:
+            if c.startswith(a + "_"):
+                other = b + c[len(a) :]
+                if other in classes:
+                    pairs.append((c, other))
+    return pairs
+
+
+def gtea_vocabulary(classes: list[str]) -> Vocabulary:
+    """Verbs and nouns from the class names; the motion-only pairs as the ``pair`` subset."""
+    pairs = [c for p in motion_pairs(classes) for c in p]
+    return Vocabulary.from_pairs(classes, [split_class_name(c) for c in classes], pair=pairs)
 
 
 def _read_video(root, subject, cls, inst, rgb_sub, rgb_prefix, map_sub, flow_dirs, problems) -> VideoRecord:

@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 
 from ..errors import FparError
-from ..video.flowcodec import encode_flow
+from .flowcodec import encode_flow
+from .layout import motion_pairs  # noqa: F401  (the pairs the generator makes; re-exported)
 
 SUBJECTS = ("S1", "S2", "S3", "S4")
 
@@ -580,15 +581,3 @@ def synthesize(out: str | Path, *, preset: str = "demo", seed: int = 0, overwrit
         "frames": frames_total,
         "size": f"{cfg.width}x{cfg.height}",
     }
-
-
-def motion_pairs(classes: list[str]) -> list[tuple[str, str]]:
-    """Pairs of classes that differ only by the direction of motion (take/put, open/close)."""
-    pairs = []
-    for a, b in (("take", "put"), ("open", "close")):
-        for c in classes:
-            if c.startswith(a + "_"):
-                other = b + c[len(a) :]
-                if other in classes:
-                    pairs.append((c, other))
-    return pairs

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import DataConfig
+from ..data.dataset import make_splits
 from ..data.imageio import read_rgb
-from ..data.layout import Manifest, discover
+from ..data.manifest import Manifest
+from ..data.readers import read_dataset
 from ..data.transforms import draw_params, transform_rgb
 from ..errors import FparError
 from ..models.backbone import build_trunk
@@ -76,30 +78,33 @@ def pretrain_backbone(
     batch_size: int = 32,
     per_video: int = 4,
     lr: float = 1e-3,
-    train_subjects=("S1", "S3", "S4"),
-    test_subjects=("S2",),
+    data: DataConfig | None = None,
     seed: int = 0,
     num_workers: int = 0,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Train and save the backbone; returns {'train_acc', 'test_acc', 'classes', 'path'} (frame accuracy, %)."""
+    """Train and save the backbone; returns {'train_acc', 'test_acc', 'classes', 'path'} (frame accuracy, %).
+
+    ``data`` chooses the reader and its split (default: ``DataConfig(root=root)``, the reader's default split)."""
     from tqdm import tqdm
 
     if target not in ("noun", "class"):
         raise FparError(f"target must be 'noun' or 'class', got {target!r}")
     seed_everything(seed)
-    manifest = discover(root)
+    data = data if data is not None else DataConfig(root=str(root))
+    manifest = read_dataset(data)
+    if target == "noun" and not manifest.vocab.nouns:
+        raise FparError(f"{root} has no noun labels (its reader gives actions only); use --target class")
     names = manifest.nouns() if target == "noun" else manifest.classes
-    index = {c: i for i, c in enumerate(names)}
 
     def lab(i):
         v = manifest.videos[i]
-        return index[v.noun if target == "noun" else v.cls]
+        return v.noun_label if target == "noun" else v.label
 
     cfg = DataConfig(input_size=input_size, scale_size=scale_size)
-    tr_idx = manifest.select(list(train_subjects))
-    te_idx = manifest.select(list(test_subjects))
+    splits = make_splits(manifest, data)
+    tr_idx, te_idx = splits.train, splits.test
     train_ds = FrameDataset(manifest, tr_idx, [lab(i) for i in tr_idx], cfg, per_video=per_video, train=True, seed=seed)
     test_ds = FrameDataset(manifest, te_idx, [lab(i) for i in te_idx], cfg, per_video=2, train=False, seed=seed)
     model = build_trunk(arch, pretrained=None, num_classes=len(names))

@@ -23,18 +23,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import __version__
 from ..config import ExperimentConfig, save_config, to_dict
 from ..data.dataset import ClipDataset, make_splits
-from ..data.layout import Manifest, discover
-from ..data.synth import motion_pairs
+from ..data.manifest import Manifest, Vocabulary
+from ..data.readers import read_dataset
 from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
 from ..errors import FparError
+from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, seed_everything
-from .build import build_model, forward_batch, init_from, modalities
+from ..version import __version__
+from .build import build_model, forward_batch, modalities
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .losses import total_loss
 from .metrics import classification_metrics
+from .run import init_from
 from .stages import apply_trainable, param_groups, set_train_mode
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,10 @@ def lr_factor(cfg: ExperimentConfig, epoch: int) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    extra = []
-    if cfg.model.repflow.enabled and cfg.model.repflow.lr_mult != 1.0:  # Piergiovanni & Ryoo: flow layer at lr x 0.01
-        extra.append({"pattern": r"^repflow\.", "lr": cfg.optim.lr * cfg.model.repflow.lr_mult})
-    groups = param_groups(model, cfg.optim, extra)
+    """Adam or SGD over the trainable parameters in their groups: ``optim.groups``, then the groups the model asks
+    for itself (``model.param_groups(base_lr)``: e.g. the representation-flow layer's LR multiplier)."""
+    own = getattr(model, "param_groups", None)
+    groups = param_groups(model, cfg.optim, own(cfg.optim.lr) if callable(own) else [])
     o = cfg.optim
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps)
@@ -152,7 +153,7 @@ def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = Fa
         labels.append(batch["label"].cpu())
     n = sum(len(x) for x in labels)
     if n == 0:
-        raise FparError("the evaluation split is empty; check data.test_subjects")
+        raise FparError("the evaluation split is empty; check the dataset's test split (fpar data check)")
     return torch.cat(logits), torch.cat(labels), sum(losses) / n
 
 
@@ -161,10 +162,9 @@ def _autocast(cfg: ExperimentConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def evaluate(model, loader, cfg, device, classes, *, progress=False, desc="eval") -> dict:
+def evaluate(model, loader, cfg, device, vocab: Vocabulary, *, progress=False, desc="eval") -> dict:
     logits, labels, loss = predict(model, loader, cfg, device, progress=progress, desc=desc)
-    pairs = [c for p in motion_pairs(classes) for c in p]
-    m = classification_metrics(logits, labels, classes, subset=pairs)
+    m = classification_metrics(logits, labels, vocab)
     m["loss"] = loss
     return m
 
@@ -191,10 +191,8 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
         batch = _to(batch, device)
         with _autocast(cfg, device):
             out = forward_batch(model, cfg, batch, train=True)
-        for k in ("logits", "ms", "disc_logits"):  # losses in float32 under AMP
-            if getattr(out, k) is not None:
-                setattr(out, k, getattr(out, k).float())
-        loss, parts = total_loss(out, batch, cfg.model)
+        out.float()  # losses in float32 under AMP
+        loss, parts = total_loss(model.losses(out, batch))  # the heads' terms, weighted as configured
         if not math.isfinite(loss.item()):
             raise FparError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower optim.lr or check the data "
@@ -215,7 +213,7 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
         if progress:
             it.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
     if seen == 0:
-        raise FparError("the training split is empty; check data.train_subjects")
+        raise FparError("the training split is empty; check the dataset's training split (fpar data check)")
     out = {f"train_{k}": v / seen for k, v in sums.items()}
     out["train_top1"] = 100 * correct / seen
     return out
@@ -223,11 +221,11 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
 
 def prepare(cfg: ExperimentConfig):
     """Data, splits and datasets of a config."""
-    manifest = discover(cfg.data.root, layout=cfg.data.layout, frames_dir=cfg.data.frames_dir)
+    manifest = read_dataset(cfg.data)
     splits = make_splits(manifest, cfg.data, seed=cfg.seed)
-    mods = modalities(cfg)
-    # evaluation never reads motion maps: every model is scored on the same test videos
-    eval_mods = tuple(m for m in mods if m != "mmaps")
+    mods = modalities(cfg, train=True)
+    # evaluation reads only what inference needs (never the motion maps): every model is scored on the same videos
+    eval_mods = modalities(cfg, train=False)
     train_ds = ClipDataset(manifest, splits.train, cfg.data, modalities=mods, train=True, seed=cfg.seed)
     select_ds = ClipDataset(manifest, splits.select, cfg.data, modalities=eval_mods, train=False, seed=cfg.seed)
     test_ds = (
@@ -267,10 +265,11 @@ def train(
     device = pick_device(cfg.train.device)
     manifest, splits, train_ds, select_ds, test_ds = prepare(cfg)
     classes = manifest.classes
-    model, extra = build_model(cfg, classes)
+    vocab = manifest.vocab
+    model, extra = build_model(cfg, vocab)
     init_report = None
     if cfg.init.from_ and last is None:
-        init_report = init_from(model, cfg, classes)
+        init_report = init_from(model, cfg, vocab)
     trainable = apply_trainable(model, cfg.train.trainable)
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -312,6 +311,8 @@ def train(
     base = {
         "config": to_dict(cfg),
         "classes": classes,
+        "vocabulary": vocab.to_dict(),
+        "format": manifest.layout,
         "input_size": cfg.data.input_size,
         "normalisation": normalisation(cfg),
         "trainable": trainable,
@@ -335,7 +336,7 @@ def train(
         )
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            ev = evaluate(model, select_loader, cfg, device, classes, progress=progress)
+            ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress)
             conf = ev.pop("confusion")
             row.update({f"val_{k}": v for k, v in ev.items()})
             if ev["top1"] > best["top1"]:  # strictly better, as the original selection
@@ -366,7 +367,7 @@ def train(
             run / "last.pt",
         )
     tb.close()
-    summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, classes, progress)
+    summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress)
     summary["train_time_s"] = round(time.time() - t_start, 1)
     atomic_write_json(run / "summary.json", summary)
     return summary
@@ -389,7 +390,7 @@ def _write_confusion(path: Path, conf: list[list[int]], classes: list[str]) -> N
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, classes, progress) -> dict:
+def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress) -> dict:
     evals = [h for h in history if "val_top1" in h]
     final = evals[-1] if evals else {}
     s = {
@@ -407,6 +408,7 @@ def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device,
         "pair_videos": best.get("pair_videos"),
         "videos": best.get("videos"),
         "select_on": splits.select_on,
+        "split": splits.name,
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,
     }
@@ -414,7 +416,7 @@ def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device,
         # the epoch was chosen on held-out training videos: report the test subjects once, on that checkpoint
         ckpt = load_checkpoint(run, "best")
         model.load_state_dict(ckpt["model"])
-        ev = evaluate(model, make_loader(test_ds, cfg, train=False), cfg, device, classes, progress=progress)
+        ev = evaluate(model, make_loader(test_ds, cfg, train=False), cfg, device, vocab, progress=progress)
         ev.pop("confusion")
         s.update({f"test_{k}": v for k, v in ev.items()})
     return s

@@ -28,9 +28,9 @@ def config_path(name: str) -> Path:
 def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
     from tqdm import tqdm
 
-    from .. import load_run
     from ..data.synth import synthesize
     from ..engine.pretrain import pretrain_backbone
+    from ..engine.run import open_run
     from ..engine.trainer import train
     from .cam import cam_figure
 
@@ -65,7 +65,7 @@ def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
             "data.input_size=64",
             "data.scale_size=64",
             "data.frames=4",
-            "model.mem_size=32",
+            "model.ego_rnn.mem_size=32",
             "train.epochs=2",
             "train.batch_size=8",
         ]
@@ -84,18 +84,17 @@ def run_demo(out: str = "fpar-demo", *, quick: bool = False, log=print) -> dict:
         resume = run if (run / "last.pt").is_file() else None
         results[stage] = train(cfg, resume=resume, progress=True, log=lambda m: log("      " + m))
     log("[4/4] CAM overlays of test videos")
-    model, info = load_run(str(runs / "stage2"))
-    from ..data.layout import discover
-
-    manifest = discover(data)
+    run = open_run(runs / "stage2")
+    manifest = run.manifest()
     cams = []
     seen = set()
-    for v in manifest.videos:
-        if v.subject == "S2" and v.verb not in seen and len(cams) < 4:
+    for i in run.test_indices(manifest):
+        v = manifest.videos[i]
+        if v.verb not in seen and len(cams) < 4:
             seen.add(v.verb)
             p = runs / "stage2" / "cam" / f"{v.key.replace('/', '_').replace(',', '-')}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
-            cams.append(str(cam_figure(model, info, v.key, p)))
+            cams.append(str(cam_figure(run, v.key, p)))
     n_classes = len(manifest.classes)
     lines = [
         "",

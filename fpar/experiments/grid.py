@@ -10,7 +10,7 @@ A grid file (``configs/paper/fig21.yaml``) is YAML::
       optim.lr: [1.0e-4, 5.0e-4]
       sched.milestones: [[30, 70], [40, 80]]
     points:                            # ... times these explicit points (either may be left out)
-      - {id: a, label: "row A", model.ms.task: reg, published: 61.2}
+      - {id: a, label: "row A", model.ego_rnn.ms.task: reg, published: 61.2}
     seeds: [0, 1, 2]
     folds: loso                        # optional: leave-one-subject-out, one trial per test subject
     columns: {optim.lr: LR}            # optional: the keys the table shows, with display names (also labels)
@@ -23,7 +23,7 @@ Tables that need earlier runs list ``stages:`` instead; each stage has the keys 
 seed, for a stage run once overall: ``seeds: [0]``), the same fold, and the point with the same ``id`` or else the
 only point whose values agree on every key both points set. ``${stage:NAME/ID}`` names the point. For example
 ``init.from: ${stage:s1}`` starts each stage-2 trial from its stage-1 run, and
-``model.rgb_run: ${stage:rgb_s2/cam_7f}`` picks one run for a two-stream model.
+``model.two_stream.rgb_run: ${stage:rgb_s2/cam_7f}`` picks one run for a two-stream model.
 
 A point may also carry ``base:`` (another recipe for that row), ``id`` (stable folder name; default: built from
 its values), ``label`` (the table's row name) and ``published`` (the report's number for that row).
@@ -45,6 +45,8 @@ from typing import Any
 
 from ..config import (
     ExperimentConfig,
+    alias_keys,
+    canonical_key,
     get,
     load_config,
     parse_override,
@@ -216,7 +218,8 @@ def _unknown(key: str, choices: tuple[str, ...] | list[str], where: str) -> Fpar
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys (``{model: {cam: false}}`` -> ``model.cam``); leaves stay as they are."""
+    """Nested mappings to dotted keys (``{model: {ego_rnn: {cam: false}}}`` -> ``model.ego_rnn.cam``), in their
+    current spellings; leaves stay as they are."""
     leaves = set(valid_keys())
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -229,10 +232,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_key(key: str, where: str) -> None:
+    """A key of the config in either spelling (``model.ego_rnn.ms.task`` or fpar 0.1.0's ``model.ms.task``); an
+    error names it as written and suggests the closest key in either spelling."""
     keys = valid_keys()
-    if key in keys or key in ("seed", "name"):
+    if canonical_key(key) in keys or key in ("seed", "name"):
         return
-    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, keys + alias_keys(), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else "; run `fpar config --keys` to list them"
     raise FparError(f"unknown config key '{key}' in {where}{hint}")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from ..config import flat_dict
+from ..config import canonical_key, flat_dict, run_reference_keys
 from ..errors import FparError
 from ..utils import atomic_write_text
 
@@ -44,7 +44,7 @@ METRICS = (
     ("test_top1", "test top-1"),
 )
 # config keys that do not make two loose runs different grid points
-_GROUP_IGNORED = {"seed", "name", "out", "init.from", "model.rgb_run", "model.flow_run", "data.root", "train.progress"}
+_GROUP_IGNORED = {"seed", "name", "out", "data.root", "train.progress"}
 _GROUP_IGNORED |= {"data.num_workers", "train.device", "model.backbone_classes"}
 
 
@@ -146,7 +146,7 @@ def _row_stats(row: Row) -> None:
         # leave-one-subject-out: per seed, the mean over its folds (only seeds with every fold finished)
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for r in done:
-            fold = (r.config.get("data") or {}).get("test_subjects", ["?"])[0]
+            fold = (flat_dict(r.config).get(canonical_key("data.test_subjects")) or ["?"])[0]
             per_seed.setdefault(int(r.summary.get("seed", 0)), {})[fold] = r.summary
         complete = {s: f for s, f in per_seed.items() if set(row.folds) <= set(f)}
         for key, _ in METRICS:
@@ -174,7 +174,9 @@ def _sweep_table(path: Path) -> Table:
         runs = [load_run_data(path / t["run"], t["name"]) for t in trials]
         values = dict(p.get("values") or {})
         for k in values:  # what the runs really used (a command-line override may have replaced the grid's value)
-            used = {json.dumps(flat_dict(r.config).get(k, values[k]), default=str) for r in runs if r.config}
+            used = {
+                json.dumps(flat_dict(r.config).get(canonical_key(k), values[k]), default=str) for r in runs if r.config
+            }
             if len(used) == 1:
                 values[k] = json.loads(used.pop())
         rows.append(
@@ -217,7 +219,8 @@ def _loose_table(runs: list[RunData]) -> Table:
     groups: dict[str, list[RunData]] = {}
     flat = {}
     for r in runs:
-        f = {k: v for k, v in flat_dict(r.config).items() if k not in _GROUP_IGNORED}
+        ignored = _GROUP_IGNORED | run_reference_keys()
+        f = {k: v for k, v in flat_dict(r.config).items() if k not in ignored}
         flat[id(r)] = f
         groups.setdefault(json.dumps(f, sort_keys=True, default=str), []).append(r)
     all_keys = sorted({k for f in flat.values() for k in f})
@@ -306,7 +309,9 @@ def protocol(table: Table) -> str:
     if not runs:
         return "No finished runs yet."
     videos = sorted({r.summary.get("test_videos") or r.summary.get("videos") for r in runs} - {None})
-    subjects = sorted({",".join((r.config.get("data") or {}).get("test_subjects") or []) for r in runs} - {""})
+    subjects = sorted(
+        {",".join(flat_dict(r.config).get(canonical_key("data.test_subjects")) or []) for r in runs} - {""}
+    )
     sel = sorted({r.summary.get("select_on") for r in runs} - {None})
     if table.folds:
         size = f"leave-one-subject-out over {', '.join(table.folds)} (each fold tests one subject; mean over folds)"

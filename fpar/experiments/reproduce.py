@@ -24,7 +24,7 @@ QUICK_OVERRIDES = (
     "data.scale_size=64",
     "data.frames=4",
     "model.backbone=resnet18",
-    "model.mem_size=32",
+    "model.ego_rnn.mem_size=32",
     "train.epochs=2",
     "train.batch_size=8",
     "train.eval_batch_size=16",
@@ -119,12 +119,17 @@ def reproduce(
 def figure20(data_root: str | os.PathLike, *, out: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
     """Figure 20 from the first motion map of the first test-subject video that has one."""
     from ..config import DataConfig
-    from ..data.layout import discover
+    from ..data.dataset import make_splits
+    from ..data.readers import read_dataset
     from .report import mmap_downsampling_figure
 
-    manifest = discover(data_root)
-    test = set(DataConfig().test_subjects)
-    videos = sorted(manifest.videos, key=lambda v: (v.subject not in test, v.key))
+    data = DataConfig(root=str(data_root))
+    manifest = read_dataset(data)
+    test = set(make_splits(manifest, data).test)
+    videos = [
+        manifest.videos[i]
+        for i in sorted(range(len(manifest.videos)), key=lambda i: (i not in test, manifest.videos[i].key))
+    ]
     for v in videos:
         if v.mmaps:
             path = v.mmaps[min(len(v.mmaps) - 1, len(v.mmaps) // 2)]

@@ -64,9 +64,6 @@ SUMMARY_KEYS = (
 # keys that may differ between a finished run's config.yaml and the trial's config without making it another run
 _IGNORED_KEYS = {
     "out",
-    "init.from",
-    "model.rgb_run",
-    "model.flow_run",
     "model.backbone_classes",  # resolved by build_model
     "data.flow_stack",  # two-stream: taken from the flow run
     "data.root",  # a moved dataset
@@ -264,18 +261,15 @@ def _alive(ft: Any, stale_after: float) -> bool:
 
 def config_differences(run: Path, cfg: Any) -> list[str]:
     """Keys whose value in ``run/config.yaml`` differs from ``cfg`` (ignoring paths and resolved values)."""
-    from ..config import flat_dict, load_config, to_dict
+    from ..config import flat_dict, load_config, run_reference_keys, to_dict
 
     try:
         old = flat_dict(to_dict(load_config(run / "config.yaml")))
     except FparError as e:
         return [f"config.yaml cannot be read ({e})"]
     new = flat_dict(to_dict(cfg))
-    return [
-        f"{k}: {old.get(k)!r} there, {new.get(k)!r} here"
-        for k in new
-        if k not in _IGNORED_KEYS and old.get(k) != new[k]
-    ]
+    ignored = _IGNORED_KEYS | run_reference_keys()
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in new if k not in ignored and old.get(k) != new[k]]
 
 
 def _prepare_folder(run: Path, cfg: Any) -> str:

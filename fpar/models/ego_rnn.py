@@ -22,17 +22,87 @@ Deliberate choices (reference-spec §1, §4, §5, §6):
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from ..config import DiscConfig, MSConfig, RepFlowConfig
+from ..data.manifest import Vocabulary
 from ..errors import FparError
-from .backbone import ResNetTrunk
-from .heads import MotionSegmentationHead
+from ..registry import ExportPlan, ModelSpec, register_model_spec
+from .backbone import ResNetTrunk, build_trunk, load_weights_file, unwrap_state_dict
+from .heads import ActionHead, MotionSegmentationHead, StaticDynamicHead, make_classifier
 from .layers.attention import cam_attention
 from .layers.conv_lstm import ConvLSTMCell
 from .layers.rep_flow import RepresentationFlow
-from .outputs import ModelOutput
+from .outputs import LossTerm, ModelOutput
+
+# --------------------------------------------------------------------------------------------------------------
+# Config block: model.ego_rnn.*
+
+
+@dataclass
+class MSConfig:
+    """Self-supervised motion-segmentation branch (SparNet): ``model.ego_rnn.ms.*``."""
+
+    enabled: bool = False
+    layer: Literal["conv3", "conv4", "conv5"] = "conv5"  # 28x28 / 14x14 / 7x7 at 224 px
+    task: Literal["cls", "reg"] = "cls"  # cls: 2-way per-pixel cross-entropy | reg: per-pixel squared error
+    target: Literal["bw", "grid"] = "bw"  # bw: plain (nearest) downsampling | grid: block mean
+    head: Literal["fc", "conv"] = "fc"  # fc: flatten + linear as in the report | conv: per-pixel 1x1 conv
+    hidden: int = 100
+    dropout: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass
+class DiscConfig:
+    """Static-dynamic discriminator on the pooled ConvLSTM state: ``model.ego_rnn.disc.*``."""
+
+    enabled: bool = False
+    alpha: float = 1.0
+    train_conv5: bool = False  # True: its loss also updates layer4 convs (report Figure 24 row 1)
+
+
+@dataclass
+class RepFlowConfig:
+    """Representation-flow layer after conv3: ``model.ego_rnn.repflow.*``."""
+
+    enabled: bool = False
+    bottleneck: int = 32
+    n_iter: int = 10
+    learn: bool = True
+    lr_mult: float = 1.0  # the layer's LR = optim.lr x lr_mult (Piergiovanni & Ryoo: 0.01)
+
+
+@dataclass
+class EgoRNNConfig:
+    """``model.ego_rnn.*`` (in fpar 0.1.0 these were ``model.cam``, ``model.mem_size``, ``model.ms`` ...: still read
+    as aliases). The shared keys (backbone, pretrained, dropout, heads) stay under ``model.``."""
+
+    cam: bool = True
+    mem_size: int = 512
+    ms: MSConfig = field(default_factory=MSConfig)
+    disc: DiscConfig = field(default_factory=DiscConfig)
+    repflow: RepFlowConfig = field(default_factory=RepFlowConfig)
+
+    def validate(self, cfg) -> None:
+        for key, value, low in (
+            ("mem_size", self.mem_size, 1),
+            ("ms.hidden", self.ms.hidden, 1),
+            ("repflow.n_iter", self.repflow.n_iter, 1),
+        ):
+            if value < low:
+                raise FparError(f"config key 'model.ego_rnn.{key}' must be at least {low}, got {value}")
+        if not 0 <= self.ms.dropout < 1:
+            raise FparError(f"config key 'model.ego_rnn.ms.dropout' must be in [0, 1), got {self.ms.dropout}")
+        if cfg.model.name == "ego_rnn" and self.repflow.enabled and cfg.data.frames < 2:
+            raise FparError("the representation-flow layer needs data.frames >= 2 (it works on consecutive pairs)")
+
 
 MS_STRIDE = {"conv3": 8, "conv4": 16, "conv5": 32}
 
@@ -50,13 +120,16 @@ class EgoRNN(nn.Module):
 
     Args:
         backbone: the ResNet trunk (keeps its fc: the CAM reads its weight).
-        num_classes: action classes.
+        num_classes: action classes (builds an `ActionHead` when ``classifier`` is None).
         mem_size: ConvLSTM hidden channels (512 in the paper).
         dropout: before the classifier (0.7).
         cam: use CAM spatial attention.
         ms_head: a `MotionSegmentationHead` reading ``ms_layer`` features, or None.
-        disc: a Linear(mem_size, 2) static-dynamic head, or None.
+        disc: a `StaticDynamicHead` (Linear(mem_size, 2)), or None.
         repflow: a `RepresentationFlow` over conv3 features, or None.
+        classifier: a head factory ``in_features -> head`` (`fpar.models.heads.make_classifier`), called with
+            mem_size where the original built its Linear, so that the random init of every layer is unchanged;
+            default an `ActionHead` over ``num_classes``.
     """
 
     def __init__(
@@ -69,9 +142,11 @@ class EgoRNN(nn.Module):
         cam: bool = True,
         ms_head: MotionSegmentationHead | None = None,
         ms_layer: str = "conv5",
-        disc: nn.Linear | None = None,
+        disc: StaticDynamicHead | None = None,
         disc_train_conv5: bool = False,
         repflow: RepresentationFlow | None = None,
+        classifier: Callable[[int], nn.Module] | None = None,
+        repflow_lr_mult: float = 1.0,
     ):
         super().__init__()
         if disc is not None and repflow is not None:
@@ -89,13 +164,21 @@ class EgoRNN(nn.Module):
         self.mem_size = mem_size
         self.lstm = ConvLSTMCell(backbone.num_features, mem_size, 3)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(mem_size, num_classes)
+        self.classifier = classifier(mem_size) if classifier is not None else ActionHead(mem_size, num_classes)
         self.ms_head = ms_head
         self.ms_layer = ms_layer
         self.disc = disc
         self.disc_train_conv5 = disc_train_conv5
         self.repflow = repflow
+        self.repflow_lr_mult = repflow_lr_mult
         self.num_features = mem_size
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """Optimizer groups the model asks for: the representation-flow layer at ``base_lr x lr_mult``
+        (Piergiovanni & Ryoo train it at 0.01x)."""
+        if self.repflow is None or self.repflow_lr_mult == 1.0:
+            return []
+        return [{"pattern": r"^repflow\.", "lr": base_lr * self.repflow_lr_mult}]
 
     # ---------------------------------------------------------------------------------------------- pieces
     def frame_features(self, rgb: Tensor) -> tuple[dict[str, Tensor], int]:
@@ -142,7 +225,7 @@ class EgoRNN(nn.Module):
         _, c, h, w = attended.shape
         seq = attended.view(b, t, c, h, w)  # (B, T, C, h, w)
         pooled = self.recurrent(seq)  # (B, mem)
-        out = ModelOutput(logits=self.classifier(self.dropout(pooled)), features=pooled)
+        out = ModelOutput(**self.classifier.outputs(self.dropout(pooled)), features=pooled)
         if attn is not None:
             out.attn = attn.view(b, t, h, w)  # (B, T, h, w)
         if self.ms_head is not None and (self.training if with_ms is None else with_ms):
@@ -156,6 +239,15 @@ class EgoRNN(nn.Module):
             both = torch.cat([dyn, static])  # (2B, T, C, h, w): dynamic first
             out.disc_logits = self.disc(self.dropout(self.recurrent(both)))  # (2B, 2)
         return out
+
+    def losses(self, out: ModelOutput, batch: dict) -> dict[str, LossTerm]:
+        """The classifier's terms, then the MS and discriminator terms when they ran (training)."""
+        terms = dict(self.classifier.losses(out, batch))
+        if out.ms is not None:
+            terms["ms"] = self.ms_head.loss(out.ms, batch["mmaps"])
+        if out.disc_logits is not None:
+            terms["disc"] = self.disc.loss(out.disc_logits)
+        return terms
 
 
 def make_static_clip(rgb: Tensor, static_idx: Tensor) -> Tensor:
@@ -177,6 +269,7 @@ def build_ego_rnn(
     ms: MSConfig | None = None,
     disc: DiscConfig | None = None,
     repflow: RepFlowConfig | None = None,
+    classifier: Callable[[int], nn.Module] | None = None,
 ) -> EgoRNN:
     ms_head = None
     ms_layer = "conv5"
@@ -184,9 +277,16 @@ def build_ego_rnn(
         ms_layer = ms.layer
         size = feature_size(input_size, MS_STRIDE[ms.layer])
         ms_head = MotionSegmentationHead(
-            backbone.feature_channels[ms.layer], size, task=ms.task, hidden=ms.hidden, head=ms.head, dropout=ms.dropout
+            backbone.feature_channels[ms.layer],
+            size,
+            task=ms.task,
+            hidden=ms.hidden,
+            head=ms.head,
+            dropout=ms.dropout,
+            target=ms.target,
+            weight=ms.weight,
         )
-    disc_head = nn.Linear(mem_size, 2) if disc is not None and disc.enabled else None
+    disc_head = StaticDynamicHead(mem_size, disc.alpha) if disc is not None and disc.enabled else None
     rf = None
     if repflow is not None and repflow.enabled:
         rf = RepresentationFlow(
@@ -207,4 +307,148 @@ def build_ego_rnn(
         disc=disc_head,
         disc_train_conv5=bool(disc is not None and disc.train_conv5),
         repflow=rf,
+        classifier=classifier,
+        repflow_lr_mult=repflow.lr_mult if repflow is not None else 1.0,
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spec: how the engine, export, predict and cam use Ego-RNN
+
+
+def resolve_backbone_classes(model_cfg) -> int:
+    """Classes of the trunk's own fc (what the CAM reads): ``model.backbone_classes``, else from the pretrained file's
+    ``fc.weight`` when it is a file, else ImageNet's 1000."""
+    if model_cfg.backbone_classes > 0:
+        return model_cfg.backbone_classes
+    p = model_cfg.pretrained
+    if p and p.lower() not in ("none", "imagenet") and Path(p).is_file():
+        try:
+            sd = unwrap_state_dict(load_weights_file(Path(p)), p)
+        except FparError:
+            return 1000  # build_trunk reports the bad file with its own message
+        if "fc.weight" in sd:
+            return int(sd["fc.weight"].shape[0])
+    return 1000
+
+
+def ego_rnn(
+    *,
+    num_classes: int,
+    backbone: str = "resnet34",
+    pretrained: str | None = None,
+    backbone_classes: int = 1000,
+    input_size: int = 224,
+    cam: bool = True,
+    mem_size: int = 512,
+    dropout: float = 0.7,
+    ms: MSConfig | None = None,
+    disc: DiscConfig | None = None,
+    repflow: RepFlowConfig | None = None,
+    classifier: Callable[[int], nn.Module] | None = None,
+) -> EgoRNN:
+    """Ego-RNN by keyword: ResNet + CAM attention + ConvLSTM (+ optional MS head, discriminator, rep-flow)."""
+    trunk = build_trunk(backbone, pretrained=pretrained, num_classes=backbone_classes)
+    return build_ego_rnn(
+        backbone=trunk,
+        num_classes=num_classes,
+        input_size=input_size,
+        mem_size=mem_size,
+        dropout=dropout,
+        cam=cam,
+        ms=ms,
+        disc=disc,
+        repflow=repflow,
+        classifier=classifier,
+    )
+
+
+def _build(ctx) -> EgoRNN:
+    cfg, b = ctx.cfg, ctx.block
+    m = cfg.model
+    m.backbone_classes = resolve_backbone_classes(m)  # resolved value saved with the run
+    vocab: Vocabulary = ctx.vocab
+    return ego_rnn(
+        num_classes=len(vocab.actions),
+        backbone=m.backbone,
+        pretrained=m.pretrained,
+        backbone_classes=m.backbone_classes,
+        input_size=cfg.data.input_size,
+        cam=b.cam,
+        mem_size=b.mem_size,
+        dropout=m.dropout,
+        ms=b.ms,
+        disc=b.disc,
+        repflow=b.repflow,
+        classifier=lambda d: make_classifier(d, vocab, m.heads),
+    )
+
+
+def _inputs(cfg, train: bool) -> tuple[str, ...]:
+    return ("rgb", "mmaps") if train and cfg.model.ego_rnn.ms.enabled else ("rgb",)
+
+
+def _forward(model: EgoRNN, batch: dict, train: bool) -> ModelOutput:
+    static_idx = batch.get("static_idx") if (train and model.disc is not None) else None
+    return model(batch["rgb"], static_idx=static_idx, with_ms=train and model.ms_head is not None)
+
+
+class _Logits(nn.Module):
+    """Inference path for export: clip (B, T, 3, S, S) -> logits (B, classes)."""
+
+    def __init__(self, m: EgoRNN):
+        super().__init__()
+        self.model = m
+
+    def forward(self, clip: Tensor) -> Tensor:
+        return self.model(clip, with_ms=False).logits
+
+
+def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:
+    t = int(frames) if frames is not None else cfg.data.frames
+    min_t = 2 if model.repflow is not None else 1
+    if t < min_t:
+        raise FparError(f"frames={t}: this Ego-RNN needs at least {min_t} frame(s) per clip")
+    m = copy.deepcopy(model).eval()
+    m.ms_head = None  # training-only heads: dropping them keeps their weights out of the exported file
+    m.disc = None
+    size = cfg.data.input_size
+    return ExportPlan(
+        module=_Logits(m).eval(),
+        input_name="clip",
+        shape=[1, t, 3, size, size],
+        layout="(batch, T, 3, S, S): T RGB frames (R, G, B channels), (x / 255 - rgb_mean) / rgb_std",
+        preprocessing={"frames": t, "flow_stack": None, "flow": None},
+    )
+
+
+def _attention(model: EgoRNN) -> str | None:
+    return None if model.cam else "it was trained with model.ego_rnn.cam=false: it has no attention map to show"
+
+
+def _aux_maps(model: EgoRNN, out: ModelOutput, batch: dict, cfg) -> dict:
+    """MS predicted (probability of motion, or the regressed value) and its target, per frame, for `fpar cam`."""
+    if model.ms_head is None or out.ms is None or "mmaps" not in batch:
+        return {}
+    pred = out.ms[0]  # (T, K, s, s)
+    pm = pred.softmax(1)[:, 1] if pred.shape[1] == 2 else pred[:, 0]  # (T, s, s)
+    gt = model.ms_head.targets(batch["mmaps"])[0].float()  # (T, s, s)
+    return {"MS predicted": pm.numpy(), "MS ground truth": gt.numpy()}
+
+
+SPEC = register_model_spec(
+    ModelSpec(
+        name="ego_rnn",
+        build=_build,
+        inputs=_inputs,
+        forward=_forward,
+        config=EgoRNNConfig,
+        aliases={k: k for k in ("cam", "mem_size", "ms", "disc", "repflow")},
+        export=_export,
+        attention=_attention,
+        aux_maps=_aux_maps,
+        factory=ego_rnn,
+        description="Ego-RNN: ResNet + CAM attention + ConvLSTM; MS branch, static-dynamic discriminator, rep-flow",
+        defaults="configs/ego_rnn_stage1.yaml, configs/ego_rnn_stage2.yaml",
+    )
+)

@@ -2,7 +2,8 @@
 ``torch.export`` program (``.pt2``).
 
 The exported graph is the inference path only: it returns the logits (B, classes) and nothing else (no MS head, no
-static-dynamic discriminator, no attention maps; dropout is off). Inputs:
+static-dynamic discriminator, no attention maps; dropout is off). What a family exports (the module, its one input
+and how to feed it) is its spec's ``export`` (`fpar.registry.ExportPlan`); for the built-in families:
 
 * Ego-RNN (every variant: CAM or not, MS, discriminator, representation flow): ``clip`` (B, T, 3, S, S), T RGB frames
   ImageNet-normalised after the test transform; the ConvLSTM loop is unrolled for T steps, so T is fixed
@@ -12,7 +13,7 @@ static-dynamic discriminator, no attention maps; dropout is off). Inputs:
 
 The batch axis B is dynamic (checked at B = 1 and B = 2); if a backend cannot keep it dynamic the export falls back to
 a fixed B = 1 and says so (``dynamic_batch`` false). Two-stream models are not exported (two inputs with their own
-preprocessing; see `export_model`).
+preprocessing; the spec's ``export_refusal`` says so).
 
 Every export is checked against the PyTorch model on random inputs before it is moved into place (the file appears
 only when the check passes), and a JSON sidecar ``<file>.json`` records what an app needs to feed it: classes,
@@ -25,7 +26,6 @@ beyond ``fpar[export]`` (onnx, onnxruntime) and exports these models exactly.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
@@ -51,35 +51,6 @@ def _require_onnx():
     except ImportError as e:
         raise FparError(f"ONNX export needs the optional packages onnx and onnxruntime ({e}); {INSTALL_HINT}") from None
     return onnx, onnxruntime
-
-
-def _logits_module(model, name: str):
-    """An ``nn.Module`` mapping the single input tensor to logits (B, classes), inference path only."""
-    from torch import nn
-
-    class EgoRNNLogits(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.model = m
-
-        def forward(self, clip):  # (B, T, 3, S, S) -> (B, classes)
-            return self.model(clip, with_ms=False).logits
-
-    class FlowLogits(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.model = m
-
-        def forward(self, flow):  # (B, 2L, S, S) -> (B, classes)
-            return self.model(flow).logits
-
-    m = copy.deepcopy(model).eval()
-    if name == "ego_rnn":
-        # Training-only heads: dropping them keeps their weights out of the exported file.
-        m.ms_head = None
-        m.disc = None
-        return EgoRNNLogits(m).eval()
-    return FlowLogits(m).eval()
 
 
 def _parity(run, wrapper, inputs) -> tuple[float, float]:
@@ -149,13 +120,13 @@ def export_model(
     frames: int | None = None,
     opset: int = 17,
 ) -> dict[str, Any]:
-    """Export a trained Ego-RNN or flow_resnet run (logits only) and check it reproduces the PyTorch model.
+    """Export a trained run (logits only) of any family whose spec exports, and check it reproduces the PyTorch model.
 
     Args:
         run_or_checkpoint: a run folder (its ``best.pt``) or a checkpoint file.
         out: output file; default next to the checkpoint (``runs/x/best.onnx`` / ``best.pt2``).
         format: ``"onnx"`` (needs ``fpar[export]``) or ``"torch-export"`` (``torch.export`` program, ``.pt2``).
-        frames: Ego-RNN only: the clip length T to unroll for (default: the run's ``data.frames``).
+        frames: clip models: the clip length T to unroll for (default: the run's ``data.frames``).
         opset: ONNX opset (>= 17).
 
     Returns:
@@ -163,14 +134,14 @@ def export_model(
         "input_name", "dynamic_batch", "sidecar", "checked_with"}``.
 
     Raises:
-        FparError: a two-stream run (not supported), unknown format, missing onnx / onnxruntime, or an export that
-        does not reproduce the model within the tolerance (nothing is written then).
+        FparError: a family that does not export (two-stream), unknown format, missing onnx / onnxruntime, or an
+        export that does not reproduce the model within the tolerance (nothing is written then).
     """
     import torch
 
-    from fpar import __version__, load_run
-    from fpar.config import from_dict
+    from fpar.engine.run import open_run
     from fpar.utils import atomic_write_json
+    from fpar.version import __version__
 
     if format not in FORMATS:
         raise FparError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -178,37 +149,13 @@ def export_model(
         _require_onnx()  # fail before loading anything
         if opset < 17:
             raise FparError(f"opset={opset}: ONNX export needs opset 17 or newer")
-    model, info = load_run(str(run_or_checkpoint))
-    ckpt_path = Path(info.get("path") or str(run_or_checkpoint))
-    cfg = from_dict(info["config"], str(ckpt_path))
-    name = cfg.model.name
-    if name == "two_stream":
-        raise FparError(
-            f"{ckpt_path} is a two-stream model: exporting it is not supported, because an export here is one input "
-            "tensor -> logits with one preprocessing recipe, and this model needs two inputs (a T-frame RGB clip and a "
-            "warp-flow stack with its own sampling and normalisation, computed by OpenCV outside the network); export "
-            f"its streams separately (model.rgb_run={cfg.model.rgb_run}, model.flow_run={cfg.model.flow_run}) and "
-            "average their logits (late fusion), or run it in PyTorch with `fpar predict`"
-        )
-    size = int(info.get("input_size") or cfg.data.input_size)
-    if name == "ego_rnn":
-        t = int(frames) if frames is not None else cfg.data.frames
-        min_t = 2 if cfg.model.repflow.enabled else 1
-        if t < min_t:
-            raise FparError(f"frames={t}: this Ego-RNN needs at least {min_t} frame(s) per clip")
-        shape, input_name = [1, t, 3, size, size], "clip"
-        layout = "(batch, T, 3, S, S): T RGB frames (R, G, B channels), (x / 255 - rgb_mean) / rgb_std"
-    else:  # flow_resnet
-        if frames is not None:
-            raise FparError(
-                f"frames={frames} applies to Ego-RNN models only: a flow model's input is one stack of "
-                f"{cfg.data.flow_stack} flows, fixed by its first convolution"
-            )
-        shape, input_name = [1, model.stack_channels, size, size], "flow"
-        layout = (
-            "(batch, 2L, S, S): L warp flows, channels x0, y0, x1, y1, ...; each flow image is 8-bit grey "
-            "v = round(128 + 255 * f / 40) (f in px, bound 20), fed as (v / 255 - flow_mean) / flow_std"
-        )
+    opened = open_run(run_or_checkpoint)
+    ckpt_path, cfg, spec = opened.path, opened.cfg, opened.spec
+    if spec.export is None:
+        reason = spec.export_refusal(cfg) if spec.export_refusal is not None else "its family declares no export"
+        raise FparError(f"{ckpt_path} is a {spec.name} model: {reason}")
+    plan = spec.export(opened.model, cfg, frames)
+    shape, input_name, layout = list(plan.shape), plan.input_name, plan.layout
 
     out_path = Path(out) if out is not None else ckpt_path.with_suffix(SUFFIX[format])
     if out_path.is_dir():
@@ -216,7 +163,7 @@ def export_model(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.parent / f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}"
 
-    wrapper = _logits_module(model, name)
+    wrapper = plan.module
     gen = torch.Generator().manual_seed(0)
     sample2 = torch.randn([2, *shape[1:]], generator=gen)  # B = 2: a B = 1 trace would specialise the batch to 1
     checks = [torch.randn(shape, generator=gen), torch.randn([2, *shape[1:]], generator=gen)]
@@ -253,17 +200,17 @@ def export_model(
     finally:
         tmp.unlink(missing_ok=True)
 
-    norm = dict(info.get("normalisation") or {})
+    norm = opened.normalisation
     sidecar = out_path.with_name(out_path.name + ".json")
     meta = {
         "fpar_version": __version__,
         "torch_version": torch.__version__,
         "format": format,
         "file": out_path.name,
-        "model": name,
+        "model": spec.name,
         "checkpoint": str(ckpt_path),
-        "epoch": info.get("epoch"),
-        "classes": list(info["classes"]),
+        "epoch": opened.ckpt.get("epoch"),
+        "classes": opened.classes,
         "input": {
             "name": input_name,
             "shape": shape,
@@ -273,20 +220,16 @@ def export_model(
         },
         "output": {
             "name": "logits",
-            "shape": [1, len(info["classes"])],
+            "shape": [1, len(opened.classes)],
             "note": "softmax over axis 1 for probabilities",
         },
         "normalisation": norm,
         "preprocessing": {
-            "frames": shape[1] if name == "ego_rnn" else None,
             "sampling": f"uniform_indices(N, T, method={cfg.data.sampling!r}) (seed: frame k = floor(k * N / T))",
-            "flow_stack": cfg.data.flow_stack if name == "flow_resnet" else None,
-            "flow": "warp flow (camera homography removed) from frame k to k+1, centred stack, bound 20 px"
-            if name == "flow_resnet"
-            else None,
             "scale_size": cfg.data.scale_size,
-            "input_size": size,
+            "input_size": cfg.data.input_size,
             "crop": "resize the shorter side to scale_size, centre crop input_size x input_size",
+            **plan.preprocessing,
         },
         "parity": {"max_abs_diff": result["diff"], "tolerance": result["tol"], "checked_with": result["checked_with"]},
     }

@@ -10,7 +10,7 @@ it from a prepared dataset, so a video gives the scores `fpar eval` would give i
   N frames and go through the test transform (shorter side to ``scale_size``, centre crop ``input_size``);
 * flow models (flow_resnet, two_stream): the N-1 warp flows are those ``fpar prepare`` would write (flow k from frame
   k to k+1, camera motion removed, :func:`~fpar.video.flow.warp_flow`), encoded to 8-bit grey with
-  :func:`~fpar.video.flowcodec.encode_flow` (bound 20 px, the values training decoded) and only computed for the
+  :func:`~fpar.data.flowcodec.encode_flow` (bound 20 px, the values training decoded) and only computed for the
   centred stack of ``data.flow_stack`` flows (:func:`~fpar.data.sampling.flow_stack_start`, ``train=False``; or the
   ``data.flow_stacks_test`` evenly spaced stacks whose scores are averaged). ``flow_method`` defaults to ``"dis"``
   (fast); ``"tvl1"`` is the reference quality that datasets prepared with the default ``fpar prepare`` used.
@@ -164,9 +164,9 @@ def load_clip(
     """
     import torch
 
+    from fpar.data.flowcodec import encode_flow
     from fpar.data.transforms import CropParams, apply_crop, crop_box, transform_flow, transform_rgb
     from fpar.video.flow import FLOW_METHODS, to_grey, warp_flow
-    from fpar.video.flowcodec import encode_flow
 
     if flow and flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
@@ -238,7 +238,7 @@ def load_clip(
 def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int]) -> list[str]:
     import cv2
 
-    from fpar.experiments.cam import overlay
+    from fpar.drawing import overlay
     from fpar.utils import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,41 +289,37 @@ def predict_video(
     """
     import torch
 
-    from fpar import load_run
-    from fpar.config import from_dict
-    from fpar.engine.build import forward_batch
+    from fpar.engine.run import open_run
     from fpar.video.flow import FLOW_METHODS
 
     if top < 1:
         raise FparError(f"top={top} must be >= 1")
     if flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
-    model, info = load_run(str(run_or_checkpoint))
-    cfg = from_dict(info["config"], info.get("path") or "checkpoint")
-    name = cfg.model.name
-    use_rgb = name != "flow_resnet"
-    use_flow = name in ("flow_resnet", "two_stream")
+    run = open_run(run_or_checkpoint)
+    cfg, spec, model = run.cfg, run.spec, run.model
+    name = spec.name
+    reads = set(spec.inputs(cfg, False))
+    unknown = reads - {"rgb", "flow"}
+    if unknown:
+        raise FparError(f"{run.path}: fpar predict builds rgb and flow inputs; this model reads {', '.join(unknown)}")
+    use_rgb, use_flow = "rgb" in reads, "flow" in reads
     if cam_out is not None:
-        if name == "flow_resnet":
-            raise FparError(
-                f"{info['path']} is a flow model (flow_resnet): it has no CAM attention; --cam works with Ego-RNN and "
-                "two-stream runs"
-            )
-        rgb_model = model.rgb if name == "two_stream" else model
-        if not rgb_model.cam:
-            raise FparError(f"{info['path']} was trained with model.cam=false: it has no attention map to show")
+        reason = spec.attention(model) if spec.attention is not None else "its family has no attention maps"
+        if reason is not None:
+            raise FparError(f"{run.path} cannot draw --cam: {reason}")
 
     clip = load_clip(video, cfg, rgb=use_rgb, flow=use_flow, flow_method=flow_method, fps=fps, short_side=short_side)
     batch = {k: clip[k] for k in ("rgb", "flow") if clip[k] is not None}
     with torch.inference_mode():
-        out = forward_batch(model, cfg, batch, train=False)
+        out = spec.forward(model, batch, False)
     probs = out.logits.float().softmax(dim=1)[0]  # (classes,)
-    classes = list(info["classes"])
+    classes = run.classes
     p, c = probs.topk(min(int(top), len(classes)))  # sorted, most probable first
     result: dict[str, Any] = {
         "video": str(video),
         "model": name,
-        "checkpoint": info.get("path"),
+        "checkpoint": str(run.path),
         "top": [{"class": classes[int(i)], "prob": float(v)} for v, i in zip(p, c)],
         "frames": clip["frames"],
         "sampled": clip["indices"],
@@ -333,6 +329,6 @@ def predict_video(
         result["flow_method"] = flow_method
     if cam_out is not None:
         if out.attn is None:  # checked above; a model that skipped attention would be a bug
-            raise FparError(f"{info['path']} returned no attention map")
+            raise FparError(f"{run.path} returned no attention map")
         result["cam"] = _write_cams(clip["crops"], out.attn[0], Path(cam_out), clip["indices"])
     return result

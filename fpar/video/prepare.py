@@ -8,7 +8,7 @@ Output under ``out`` (N frames per video; 4-digit 1-based frame numbers, 5-digit
     flow_y_processed/<subject>/<class>/<instance>/flow_y_00001.png ...            N-1 warp flows (y)
 
 Flow k is the warp flow (camera motion removed, see :mod:`fpar.video.flow`) from frame k to frame k+1, encoded with
-:func:`fpar.video.flowcodec.encode_flow`. Map k is the motion map of flow k; the last frame reuses map N-1.
+:func:`fpar.data.flowcodec.encode_flow`. Map k is the motion map of flow k; the last frame reuses map N-1.
 
 Robustness:
 
@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from fpar.data.readers.gtea61 import GTEA61Config
 from fpar.errors import FparError
 from fpar.utils import atomic_write_json, pid_alive
 from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
@@ -345,8 +346,8 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Prepare one video; never raises (spawn workers must return picklable results). Returns a result record."""
     import cv2
 
+    from fpar.data.flowcodec import encode_flow
     from fpar.video.flow import motion_map, to_grey, warp_flow
-    from fpar.video.flowcodec import encode_flow
 
     t0 = time.perf_counter()
     out = Path(root)
@@ -406,7 +407,7 @@ def prepare(
     short_side: int | None = 256,
     flow_method: str = "tvl1",
     workers: int = 1,
-    frames_dir: str = "processed_frames2",
+    frames_dir: str = GTEA61Config.frames_dir,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Decode videos, resize frames, compute warp flows and motion maps, and write the course layout under ``out``.

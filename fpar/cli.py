@@ -19,10 +19,26 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow.",
 )
 data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check, synth, show.")
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"fpar {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+):
+    """First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow."""
 
 
 def _threads() -> None:
@@ -550,18 +566,18 @@ def reproduce_cmd(
         raise typer.Exit(1)
 
 
-def _usage_error_types() -> tuple[type, ...]:
-    """Click's usage-error and abort classes, from the click that typer runs on (typer may vendor its own copy,
-    so ``click`` itself may not be installed)."""
+def _usage_error_types() -> tuple[type | tuple, type]:
+    """Click's usage-error class, from the click that typer runs on: current typer vendors its own copy
+    (``typer._click``) and no longer installs ``click``, older typer uses ``click`` itself."""
     import importlib
 
-    for name in ("typer._click", "click"):  # vendored first, then the separate package
+    for name in ("typer._click.exceptions", "click.exceptions"):
         try:
-            exc = importlib.import_module(f"{name}.exceptions")
+            exc = importlib.import_module(name)
         except ImportError:
             continue
-        return exc.ClickException, exc.Abort
-    return (), ()
+        return exc.ClickException, getattr(exc, "Abort", typer.Abort)
+    return (), typer.Abort
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,10 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except Exception as e:  # click usage errors (missing argument, unknown option, bad value)
         usage, abort = _usage_error_types()
-        if usage and isinstance(e, usage):
+        if isinstance(e, usage):
             e.show()
-            return 2
-        if abort and isinstance(e, abort):
+            return int(getattr(e, "exit_code", 2))
+        if isinstance(e, abort):
             return 1
         raise
     return 0

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import FparError
+from .registry import DEFAULT_MODEL
 
 # --------------------------------------------------------------------------------------------------------------
 # Schema
@@ -99,7 +100,7 @@ class ModelConfig(_Blocks):
     """Keys every family shares; a family's own keys are ``model.<family>.*`` (its spec's config dataclass)."""
 
     _section = "model"
-    name: str = "ego_rnn"  # a registered family (`fpar models`)
+    name: str = DEFAULT_MODEL  # a registered family (`fpar models`)
     backbone: str = "resnet34"
     pretrained: str = "imagenet"  # imagenet | none | path to a torchvision-format state dict
     backbone_classes: int = 0  # classes of the trunk's own fc (CAM); 0: from the pretrained file, else 1000

@@ -156,6 +156,7 @@ _READERS: dict[str, ReaderSpec] = {}
 _DISCOVERED = False
 
 _BUILTIN_PACKAGES = ("fpar.models", "fpar.data.readers")
+DEFAULT_MODEL = "ego_rnn"  # model.name when a config does not say (the report's model)
 ENTRY_POINT_GROUPS = ("fpar.models", "fpar.readers")
 
 

@@ -294,7 +294,8 @@ def train(
         atomic_write_json(run / "provenance.json", provenance(manifest))
         (run / "metrics.jsonl").unlink(missing_ok=True)
     log(
-        f"{cfg.name}: {cfg.model.name} on {manifest.root}: {splits.describe(manifest, cfg.data)}; "
+        f"{cfg.name}: {cfg.model.name} on {manifest.root} ({manifest.layout} format): "
+        f"{splits.describe(manifest, cfg.data)}; "
         f"{sum(p.numel() for n, p in model.named_parameters() if n in set(trainable)) / 1e6:.2f} M trainable "
         f"parameters; device {device}"
     )

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from fpar.data.flowcodec import encode_flow  # noqa: E402
 from fpar.utils import atomic_write_json  # noqa: E402
 from fpar.video.flow import FLOW_METHODS, compute_flow, motion_map, to_grey, warp_flow  # noqa: E402
-from fpar.data.flowcodec import encode_flow  # noqa: E402
 from fpar.video.io import read_video  # noqa: E402
 
 DEFAULT_VIDEO = "/work/shared/data/videos/ucf101-eyemakeup.avi"

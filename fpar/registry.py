@@ -151,8 +151,8 @@ class ReaderSpec:
 # --------------------------------------------------------------------------------------------------------------
 # Registration and discovery
 
-_MODELS: dict[str, ModelSpec] = {}
-_READERS: dict[str, ReaderSpec] = {}
+_MODELS: dict[str, tuple[ModelSpec, str]] = {}  # name -> (spec, module that registered it)
+_READERS: dict[str, tuple[ReaderSpec, str]] = {}
 _DISCOVERED = False
 
 _BUILTIN_PACKAGES = ("fpar.models", "fpar.data.readers")
@@ -160,28 +160,24 @@ DEFAULT_MODEL = "ego_rnn"  # model.name when a config does not say (the report's
 ENTRY_POINT_GROUPS = ("fpar.models", "fpar.readers")
 
 
-def register_model_spec(spec: ModelSpec) -> ModelSpec:
-    """Register a model family (called at import time of its file). A second registration of a name replaces the
-    first only when it comes from the same module (re-import); otherwise it is an error."""
-    old = _MODELS.get(spec.name)
-    if old is not None and old.build.__module__ != spec.build.__module__:
-        raise FparError(
-            f"model '{spec.name}' is registered twice ({old.build.__module__} and {spec.build.__module__}); "
-            "rename one of them"
-        )
-    _MODELS[spec.name] = spec
+def _register(table: dict, spec, module: str, what: str):
+    """A second registration of a name replaces the first only when it comes from the same module (a re-import);
+    from another module it is an error (two plug-ins would silently shadow each other)."""
+    old = table.get(spec.name)
+    if old is not None and old[1] != module:
+        raise FparError(f"{what} '{spec.name}' is registered twice ({old[1]} and {module}); rename one of them")
+    table[spec.name] = (spec, module)
     return spec
+
+
+def register_model_spec(spec: ModelSpec) -> ModelSpec:
+    """Register a model family (called when its file is imported)."""
+    return _register(_MODELS, spec, spec.build.__module__, "model")
 
 
 def register_reader(spec: ReaderSpec) -> ReaderSpec:
-    old = _READERS.get(spec.name)
-    if old is not None and old.read.__module__ != spec.read.__module__:
-        raise FparError(
-            f"dataset format '{spec.name}' is registered twice ({old.read.__module__} and {spec.read.__module__}); "
-            "rename one of them"
-        )
-    _READERS[spec.name] = spec
-    return spec
+    """Register a dataset reader (called when its file is imported)."""
+    return _register(_READERS, spec, spec.read.__module__, "dataset format")
 
 
 def _import_plugin(module: str, origin: str) -> None:
@@ -222,7 +218,7 @@ def _lookup(table: dict, name: str, what: str, key: str):
             f"unknown {what} '{name}' ({key}); {hint}choose one of {', '.join(sorted(table))} (a plug-in must be "
             "installed or named in FPAR_PLUGINS)"
         )
-    return table[name]
+    return table[name][0]
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -235,12 +231,12 @@ def reader_spec(name: str) -> ReaderSpec:
 
 def model_specs() -> dict[str, ModelSpec]:
     discover()
-    return dict(sorted(_MODELS.items()))
+    return {name: spec for name, (spec, _) in sorted(_MODELS.items())}
 
 
 def reader_specs() -> dict[str, ReaderSpec]:
     discover()
-    return dict(sorted(_READERS.items()))
+    return {name: spec for name, (spec, _) in sorted(_READERS.items())}
 
 
 def list_models() -> list[str]:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Model comparisons on the synthetic `demo` data, 3 seeds each (about an hour on a 2-core CPU):
+# Model comparisons on the synthetic `demo` data, 3 seeds each (about an hour on a 2-core CPU for the Ego-RNN rows):
 #   RGB Ego-RNN (stage 1 -> stage 2), + MS (conv5 classification, b&w), + MS (conv4 regression, grid),
-#   + static-dynamic discriminator (alpha 0.1), flow-only, two-stream joint.
+#   + static-dynamic discriminator (alpha 0.1), flow-only, two-stream joint;
+#   LSTA RGB (stage 1 -> stage 2), LSTA's recurrent flow stream, LSTA two-stream (cross-modal fusion).
+# ROWS="egornn" or ROWS="lsta" runs one group only (default: both).
 # Usage: bash benchmarks/demo_compare.sh [DEMO_DIR] [OUT]   (DEMO_DIR as written by `fpar demo`: data/, backbone.pt)
 # SEEDS="2" restricts the seeds (e.g. to run seeds in parallel with FPAR_THREADS=1).
 # Then:  fpar report OUT/*/ --out OUT/report    (mean +- std over seeds, overall and on the motion-only pairs)
@@ -17,12 +19,22 @@ run() {  # run NAME SEED RECIPE [overrides...]: skips finished runs, resumes int
   if [ -f "$dir/last.pt" ]; then fpar train --resume "$dir" --quiet; return; fi
   fpar train "$C/$recipe" "${common[@]}" seed="$seed" name="$name" out="$dir" "$@" --quiet
 }
+want() { [[ " ${ROWS:-egornn lsta} " == *" $1 "* ]]; }
 for seed in ${SEEDS:-0 1 2}; do
+  if want lsta; then
+    run lsta_stage1 $seed lsta_stage1.yaml
+    run lsta $seed lsta_stage2.yaml init.from="$OUT/lsta_stage1/seed$seed"
+    run lsta_flow $seed lsta_flow.yaml
+    run lsta_two_stream $seed lsta_two_stream.yaml model.lsta_two_stream.rgb_run="$OUT/lsta/seed$seed" \
+      model.lsta_two_stream.flow_run="$OUT/lsta_flow/seed$seed"
+  fi
+  want egornn || continue
   run rgb_stage1 $seed stage1.yaml
   run rgb $seed stage2.yaml init.from="$OUT/rgb_stage1/seed$seed"
   run ms_cls_conv5 $seed ms_cls.yaml init.from="$OUT/rgb_stage1/seed$seed"
   run ms_reg_conv4_grid $seed ms_reg_conv4.yaml init.from="$OUT/rgb_stage1/seed$seed"
   run ms_sd_alpha0.1 $seed sd.yaml init.from="$OUT/rgb_stage1/seed$seed"
   run flow $seed flow.yaml
-  run two_stream $seed two_stream.yaml model.rgb_run="$OUT/rgb/seed$seed" model.flow_run="$OUT/flow/seed$seed"
+  run two_stream $seed two_stream.yaml model.two_stream.rgb_run="$OUT/rgb/seed$seed" \
+    model.two_stream.flow_run="$OUT/flow/seed$seed"
 done

@@ -285,7 +285,7 @@ def model_params(
 ):
     """List parameter names (for train.trainable patterns) and which the config trains."""
     from .config import load_config
-    from .engine.build import build_model
+    from .engine.build import build_model, resolve_trainable
     from .engine.stages import apply_trainable
 
     if config and "=" in config:
@@ -294,7 +294,7 @@ def model_params(
 
     cfg = load_config(config, [*(overrides or []), "model.pretrained=none"])
     model, _ = build_model(cfg, gtea_vocabulary([f"c{i}_x{i}" for i in range(num_classes)]))
-    trainable = set(apply_trainable(model, cfg.train.trainable))
+    trainable = set(apply_trainable(model, resolve_trainable(cfg)))
     for n, p in model.named_parameters():
         typer.echo(f"{'T' if n in trainable else ' '} {n} {tuple(p.shape)}")
 

@@ -142,7 +142,9 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 32
     # Regexes over parameter names; a parameter is trained when any matches (stages are data, not code).
-    trainable: list[str] = field(default_factory=lambda: [r"^lstm\.", r"^classifier\."])
+    # Empty: the family's first stage (its spec's ``stages``, e.g. Ego-RNN's ['^lstm\.', '^classifier\.']), written
+    # back into the run's config.yaml.
+    trainable: list[str] = field(default_factory=list)
     # Regexes over module names whose BatchNorm layers run in train mode (default: none, BN stays frozen).
     bn_train: list[str] = field(default_factory=list)
     amp: bool = False

@@ -38,11 +38,13 @@ class StreamSlot:
     """A trained single-stream run that a multi-stream model is built from.
 
     ``key`` names the field of the family's config block that holds the run folder (``model.two_stream.rgb_run``);
-    ``inputs`` is what that stream must read (a run of a model whose ``inputs`` differ is refused).
+    ``inputs`` is what that stream must read (a run of a model whose ``inputs`` differ is refused); ``families``, when
+    given, the only families the model can use there (it reaches into their parts, e.g. a cell's gates).
     """
 
     key: str
     inputs: tuple[str, ...]
+    families: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class ModelSpec:
             pictures for `fpar cam` (motion-segmentation predictions and targets); may be None.
         description: one line for `fpar models`.
         defaults: the recipe that trains it (``configs/...``), for documentation.
+        stages: named ``train.trainable`` pattern lists; the first is used when a config leaves it empty.
     """
 
     name: str
@@ -113,6 +116,7 @@ class ModelSpec:
     aux_maps: Callable[..., dict] | None = None
     description: str = ""
     defaults: str = ""
+    stages: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"all": (".",)})
     factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
 
 

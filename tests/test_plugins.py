@@ -163,7 +163,8 @@ def _streams_for(spec, root: Path, tmp: Path) -> list[str]:
         for cand in model_specs().values():
             cfg = ExperimentConfig()
             cfg.model.name = cand.name
-            if not cand.streams and tuple(cand.inputs(cfg, False)) == slot.inputs:
+            fits = not slot.families or cand.name in slot.families
+            if fits and not cand.streams and tuple(cand.inputs(cfg, False)) == slot.inputs:
                 run = _train_family(cand.name, root, tmp / f"{spec.name}-{slot_name}")
                 out.append(f"model.{spec.name}.{slot.key}={run}")
                 break
@@ -201,6 +202,12 @@ def test_every_registered_model_builds_trains_opens_predicts_and_exports(name, t
     # exactly; flow models compute their flow on the fly, so only the format is checked for them)
     if spec.inputs(opened.cfg, False) == ("rgb",):
         assert pred["top"][0]["class"] == opened.classes[int(out.logits.argmax())]
+
+    if spec.attention is not None and spec.attention(opened.model) is None and "rgb" in spec.inputs(opened.cfg, False):
+        from fpar.experiments.cam import cam_figure
+
+        png = cam_figure(opened, manifest.videos[test[0]].key, tmp_path / "cam.png")
+        assert png.stat().st_size > 1000  # the figure of a model that has attention maps
 
     if spec.export is None:
         with pytest.raises(Exception, match="not supported|no export"):

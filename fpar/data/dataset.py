@@ -18,7 +18,7 @@ from ..errors import FparError
 from .imageio import read_grey, read_mmap, read_rgb
 from .manifest import Manifest
 from .readers import block_of, reader_of
-from .sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
+from .sampling import centred_stack_starts, flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
 from .transforms import draw_params, transform_flow, transform_mmaps, transform_rgb
 
 
@@ -27,6 +27,7 @@ class ClipDataset(Dataset):
 
     Each item is a dict:
         ``rgb``: (T, 3, S, S) float, ``flow``: (2L, S, S) float (or (K, 2L, S, S) for K test stacks),
+        ``flow_seq``: (T, 2L, S, S) float, one stack of L flows centred on each of the T sampled RGB frames,
         ``mmaps``: (T, S, S) uint8 {0, 1}, ``label``: int, ``index``: int (video index in the manifest),
         ``static_idx``: int in [0, T) (the frame a static clip repeats),
         ``verb``, ``noun``: ints, when the dataset's vocabulary has verbs and nouns.
@@ -57,7 +58,7 @@ class ClipDataset(Dataset):
             )
 
     def _has_modalities(self, v) -> bool:
-        if "flow" in self.modalities and not v.num_flows:
+        if ("flow" in self.modalities or "flow_seq" in self.modalities) and not v.num_flows:
             return False
         if "mmaps" in self.modalities and not v.mmaps:
             return False
@@ -100,6 +101,15 @@ class ClipDataset(Dataset):
                 fy = [read_grey(v.flow_y[k]) for k in idx]
                 stacks.append(transform_flow(fx, fy, p, **kw))
             item["flow"] = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L,S,S) or (K,2L,S,S)
+        if "flow_seq" in self.modalities:
+            m, L = v.num_flows, cfg.flow_stack
+            seq = []
+            for s in centred_stack_starts(frame_idx, m, L):
+                idx = stack_indices(s, L, m)
+                fx = [read_grey(v.flow_x[k]) for k in idx]
+                fy = [read_grey(v.flow_y[k]) for k in idx]
+                seq.append(transform_flow(fx, fy, p, **kw))
+            item["flow_seq"] = torch.stack(seq)  # (T, 2L, S, S): the crop and flip of the RGB frames
         item["static_idx"] = int(rng.integers(cfg.frames))
         return item
 

@@ -43,3 +43,10 @@ def flow_stack_starts(m: int, length: int, count: int) -> list[int]:
 def stack_indices(start: int, length: int, m: int) -> list[int]:
     """Indices of a stack; the last flow repeats when the video is shorter than the stack."""
     return [min(start + i, m - 1) for i in range(length)]
+
+
+def centred_stack_starts(frames: list[int], m: int, length: int) -> list[int]:
+    """For each RGB frame index k, the start of the stack of ``length`` flows centred on it (flow k goes from frame
+    k to k+1), clamped into the ``m`` flows: ``k - length // 2`` within ``[0, m - length]``."""
+    hi = max(m - length, 0)
+    return [min(max(k - length // 2, 0), hi) for k in frames]

@@ -32,6 +32,13 @@ def modalities(cfg: ExperimentConfig, *, train: bool = True) -> tuple[str, ...]:
     return tuple(spec_of(cfg).inputs(cfg, train))
 
 
+def resolve_trainable(cfg: ExperimentConfig) -> list[str]:
+    """``train.trainable``, or the family's first stage when it is empty (written back: the run saves it)."""
+    if not cfg.train.trainable:
+        cfg.train.trainable = list(next(iter(spec_of(cfg).stages.values()), (".",)))
+    return cfg.train.trainable
+
+
 def forward_batch(model: nn.Module, cfg: ExperimentConfig, batch: dict, *, train: bool) -> ModelOutput:
     return spec_of(cfg).forward(model, batch, train)
 
@@ -62,6 +69,11 @@ def build_model(
                 wanted = ", ".join(f"model.{spec.name}.{s.key}=RUN" for s in spec.streams.values())
                 raise FparError(f"the {spec.name} model needs {wanted} (trained runs of its streams); {key} is unset")
             r = open_run(run, key=key, inputs=slot.inputs, vocab=vocab)
+            if slot.families and r.spec.name not in slot.families:
+                raise FparError(
+                    f"{key}={run} is a run of '{r.spec.name}'; the {spec.name} model takes a run of "
+                    f"{' or '.join(slot.families)} there"
+                )
             streams[slot_name], stream_cfgs[slot_name] = r.model.train(), r.cfg
         if spec.configure is not None:
             before = to_dict(cfg)

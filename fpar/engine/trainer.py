@@ -32,7 +32,7 @@ from ..errors import FparError
 from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, seed_everything
 from ..version import __version__
-from .build import build_model, forward_batch, modalities
+from .build import build_model, forward_batch, modalities, resolve_trainable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import classification_metrics
 from .run import init_from
@@ -270,7 +270,7 @@ def train(
     init_report = None
     if cfg.init.from_ and last is None:
         init_report = init_from(model, cfg, vocab)
-    trainable = apply_trainable(model, cfg.train.trainable)
+    trainable = apply_trainable(model, resolve_trainable(cfg))
     model.to(device)
     optimizer = make_optimizer(model, cfg)
 

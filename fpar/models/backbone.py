@@ -328,3 +328,19 @@ def build_trunk(
     load_torchvision_state_dict(trunk, load_weights_file(path), source=source)
     logger.info("loaded %s into %s (in_chans=%d, num_classes=%d)", source, name, in_chans, num_classes)
     return trunk
+
+
+def resolve_backbone_classes(model_cfg) -> int:
+    """Classes of the trunk's own fc (what the CAM reads): ``model.backbone_classes``, else from the pretrained file's
+    ``fc.weight`` when it is a file, else ImageNet's 1000."""
+    if model_cfg.backbone_classes > 0:
+        return model_cfg.backbone_classes
+    p = model_cfg.pretrained
+    if p and p.lower() not in ("none", "imagenet") and Path(p).is_file():
+        try:
+            sd = unwrap_state_dict(load_weights_file(Path(p)), p)
+        except FparError:
+            return 1000  # build_trunk reports the bad file with its own message
+        if "fc.weight" in sd:
+            return int(sd["fc.weight"].shape[0])
+    return 1000

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from ..data.manifest import Vocabulary
 from ..errors import FparError
 from ..registry import ExportPlan, ModelSpec, register_model_spec
-from .backbone import ResNetTrunk, build_trunk, load_weights_file, unwrap_state_dict
+from .backbone import ResNetTrunk, build_trunk, resolve_backbone_classes
 from .heads import ActionHead, MotionSegmentationHead, StaticDynamicHead, make_classifier
 from .layers.attention import cam_attention
 from .layers.conv_lstm import ConvLSTMCell
@@ -316,22 +315,6 @@ def build_ego_rnn(
 # Spec: how the engine, export, predict and cam use Ego-RNN
 
 
-def resolve_backbone_classes(model_cfg) -> int:
-    """Classes of the trunk's own fc (what the CAM reads): ``model.backbone_classes``, else from the pretrained file's
-    ``fc.weight`` when it is a file, else ImageNet's 1000."""
-    if model_cfg.backbone_classes > 0:
-        return model_cfg.backbone_classes
-    p = model_cfg.pretrained
-    if p and p.lower() not in ("none", "imagenet") and Path(p).is_file():
-        try:
-            sd = unwrap_state_dict(load_weights_file(Path(p)), p)
-        except FparError:
-            return 1000  # build_trunk reports the bad file with its own message
-        if "fc.weight" in sd:
-            return int(sd["fc.weight"].shape[0])
-    return 1000
-
-
 def ego_rnn(
     *,
     num_classes: int,
@@ -448,6 +431,15 @@ SPEC = register_model_spec(
         attention=_attention,
         aux_maps=_aux_maps,
         factory=ego_rnn,
+        stages={
+            "stage1": (r"^lstm\.", r"^classifier\."),
+            "stage2": (
+                r"^lstm\.",
+                r"^classifier\.",
+                r"^backbone\.layer4\.\d+\.conv[12]\.weight$",
+                r"^backbone\.fc\.weight$",
+            ),
+        },
         description="Ego-RNN: ResNet + CAM attention + ConvLSTM; MS branch, static-dynamic discriminator, rep-flow",
         defaults="configs/ego_rnn_stage1.yaml, configs/ego_rnn_stage2.yaml",
     )

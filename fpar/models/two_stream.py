@@ -128,6 +128,15 @@ SPEC = register_model_spec(
         export_refusal=_refusal,
         attention=_attention,
         factory=two_stream,
+        stages={
+            "joint": (
+                r"^classifier\.",
+                r"^rgb\.lstm\.",
+                r"^rgb\.backbone\.layer4\.\d+\.conv[12]\.weight$",
+                r"^rgb\.backbone\.fc\.weight$",
+                r"^flow\.backbone\.layer4\.",
+            )
+        },
         description="two-stream: a trained RGB run and a trained flow run, features concatenated, trained jointly",
         defaults="configs/two_stream.yaml",
     )

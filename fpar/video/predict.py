@@ -42,16 +42,22 @@ BUFFER_BYTES = 512 * 2**20  # decoded frames kept from the first pass before fal
 # ----------------------------------------------------------------------------------------------- frame selection
 
 
-def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path) -> dict[str, Any]:
+def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path, flow_seq: bool = False) -> dict[str, Any]:
     """Which frames and flows the clip of an N-frame video uses (the test pipeline's choices)."""
-    from fpar.data.sampling import flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
+    from fpar.data.sampling import (
+        centred_stack_starts,
+        flow_stack_start,
+        flow_stack_starts,
+        stack_indices,
+        uniform_indices,
+    )
 
     if n < 1:
         raise FparError(f"no frames decoded from {source}; check the file (or re-encode it with ffmpeg)")
-    plan: dict[str, Any] = {"frames": n, "rgb": [], "stacks": []}
-    if rgb:
+    plan: dict[str, Any] = {"frames": n, "rgb": [], "stacks": [], "seq": []}
+    if rgb or flow_seq:
         plan["rgb"] = uniform_indices(n, cfg.data.frames, method=cfg.data.sampling)
-    if flow:
+    if flow or flow_seq:
         L = cfg.data.flow_stack
         if n < L + 1:
             raise FparError(
@@ -64,9 +70,12 @@ def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path) -> dict[str, Any]
             if cfg.data.flow_stacks_test <= 1
             else flow_stack_starts(m, L, cfg.data.flow_stacks_test)
         )
-        plan["stacks"] = [stack_indices(s, L, m) for s in starts]
+        if flow:
+            plan["stacks"] = [stack_indices(s, L, m) for s in starts]
+        if flow_seq:  # one stack centred on each sampled RGB frame (the recurrent flow streams)
+            plan["seq"] = [stack_indices(s, L, m) for s in centred_stack_starts(plan["rgb"], m, L)]
     need = set(plan["rgb"])
-    for stack in plan["stacks"]:
+    for stack in plan["stacks"] + plan["seq"]:
         for k in stack:
             need.update((k, k + 1))
     plan["need"] = sorted(need)
@@ -141,6 +150,7 @@ def load_clip(
     flow_method: str = "dis",
     fps: float | None = None,
     short_side: int | None = None,
+    flow_seq: bool = False,
 ) -> dict[str, Any]:
     """The model inputs of one video as the test pipeline makes them (see the module docstring).
 
@@ -149,7 +159,7 @@ def load_clip(
             with an ``rgb/`` subfolder).
         cfg: the run's :class:`~fpar.config.ExperimentConfig` (``data.frames``, ``flow_stack``, ``flow_stacks_test``,
             ``input_size``, ``scale_size``, ``sampling``).
-        rgb, flow: which modalities to build.
+        rgb, flow, flow_seq: which modalities to build (``flow_seq``: a stack centred on each sampled frame).
         flow_method: ``"dis"``, ``"tvl1"`` or ``"farneback"`` (the flow estimator inside the warp flow).
         fps: resample a video file to this frame rate first (ignored for frame folders).
         short_side: shorter side of the frames before the transform; default ``cfg.data.scale_size``.
@@ -168,7 +178,7 @@ def load_clip(
     from fpar.data.transforms import CropParams, apply_crop, crop_box, transform_flow, transform_rgb
     from fpar.video.flow import FLOW_METHODS, to_grey, warp_flow
 
-    if flow and flow_method not in FLOW_METHODS:
+    if (flow or flow_seq) and flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
     short_side = int(short_side or cfg.data.scale_size)
     if short_side <= 0:
@@ -178,7 +188,7 @@ def load_clip(
         raise FparError(f"video file or frame folder not found: {path}; give a video file or a folder of frames")
 
     def plan_for(n: int) -> dict:
-        return _plan(n, cfg, rgb=rgb, flow=flow, source=path)
+        return _plan(n, cfg, rgb=rgb, flow=flow, source=path, flow_seq=flow_seq)
 
     t0 = time.perf_counter()
     if path.is_dir():
@@ -194,9 +204,10 @@ def load_clip(
     out: dict[str, Any] = {
         "rgb": None,
         "flow": None,
+        "flow_seq": None,
         "frames": plan["frames"],
         "indices": plan["rgb"],
-        "flow_stacks": plan["stacks"],
+        "flow_stacks": plan["stacks"] + plan["seq"],
         "crops": [],
         "short_side": short_side,
     }
@@ -206,7 +217,7 @@ def load_clip(
         h, w = chosen[0].shape[:2]
         box = crop_box(w, h, p, **kw)
         out["crops"] = [apply_crop(f, box, cfg.data.input_size) for f in chosen]  # (S, S, 3) each
-    if flow:
+    if flow or flow_seq:
         t1 = time.perf_counter()
         greys: dict[int, np.ndarray] = {}
         encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -216,17 +227,21 @@ def load_clip(
                 greys[i] = to_grey(frames[i])
             return greys[i]
 
-        stacks = []
-        for idx in plan["stacks"]:
+        def stack(idx: list[int]):
             for k in idx:
                 if k not in encoded:
                     wf = warp_flow(grey(k), grey(k + 1), flow_method)  # (H, W, 2): frame k -> k+1, camera removed
                     encoded[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
             fx = [encoded[k][0] for k in idx]
             fy = [encoded[k][1] for k in idx]
-            stacks.append(transform_flow(fx, fy, p, **kw))  # (2L, S, S)
-        f = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L, S, S) or (K, 2L, S, S)
-        out["flow"] = f[None]
+            return transform_flow(fx, fy, p, **kw)  # (2L, S, S)
+
+        if flow:
+            stacks = [stack(idx) for idx in plan["stacks"]]
+            f = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L, S, S) or (K, 2L, S, S)
+            out["flow"] = f[None]
+        if flow_seq:
+            out["flow_seq"] = torch.stack([stack(idx) for idx in plan["seq"]])[None]  # (1, T, 2L, S, S)
         log.info("%s: %d warp flows (%s) in %.2f s", path, len(encoded), flow_method, time.perf_counter() - t1)
     log.info("%s: %d frames, %d read in %.2f s", path, plan["frames"], len(frames), t_read)
     return out
@@ -300,17 +315,26 @@ def predict_video(
     cfg, spec, model = run.cfg, run.spec, run.model
     name = spec.name
     reads = set(spec.inputs(cfg, False))
-    unknown = reads - {"rgb", "flow"}
+    unknown = reads - {"rgb", "flow", "flow_seq"}
     if unknown:
         raise FparError(f"{run.path}: fpar predict builds rgb and flow inputs; this model reads {', '.join(unknown)}")
-    use_rgb, use_flow = "rgb" in reads, "flow" in reads
+    use_rgb, use_flow, use_seq = "rgb" in reads, "flow" in reads, "flow_seq" in reads
     if cam_out is not None:
         reason = spec.attention(model) if spec.attention is not None else "its family has no attention maps"
         if reason is not None:
             raise FparError(f"{run.path} cannot draw --cam: {reason}")
 
-    clip = load_clip(video, cfg, rgb=use_rgb, flow=use_flow, flow_method=flow_method, fps=fps, short_side=short_side)
-    batch = {k: clip[k] for k in ("rgb", "flow") if clip[k] is not None}
+    clip = load_clip(
+        video,
+        cfg,
+        rgb=use_rgb,
+        flow=use_flow,
+        flow_seq=use_seq,
+        flow_method=flow_method,
+        fps=fps,
+        short_side=short_side,
+    )
+    batch = {k: clip[k] for k in ("rgb", "flow", "flow_seq") if clip[k] is not None}
     with torch.inference_mode():
         out = spec.forward(model, batch, False)
     probs = out.logits.float().softmax(dim=1)[0]  # (classes,)
@@ -324,7 +348,7 @@ def predict_video(
         "frames": clip["frames"],
         "sampled": clip["indices"],
     }
-    if use_flow:
+    if use_flow or use_seq:
         result["flow_stacks"] = clip["flow_stacks"]
         result["flow_method"] = flow_method
     if cam_out is not None:

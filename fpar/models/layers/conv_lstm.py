@@ -77,13 +77,19 @@ class ConvLSTMCell(nn.Module):
         z = x.new_zeros(b, self.hidden_channels, h, w)
         return z, z.clone()
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``extra`` (B, 4*C_hid, H, W), optional, is added to the gate pre-activations (i, f, c~, o): the hook a
+        cross-modal fusion uses to feed another stream's features into these gates."""
         # The original cell falls back to random-normal states when none is given; its model always passes zeros,
         # so zeros is the faithful default here.
         if state is None:
             state = self.zero_state(x)
         h_prev, c_prev = state
         gates = self.conv_x(x) + self.conv_h(h_prev)  # (B, 4*C_hid, H, W), gate order i, f, c~, o
+        if extra is not None:
+            gates = gates + extra
         i, f, g, o = gates.chunk(4, dim=1)  # each (B, C_hid, H, W)
         i = torch.sigmoid(i)
         f = torch.sigmoid(f)

@@ -167,7 +167,7 @@ def train(
             overrides = [config, *(overrides or [])]
             config = None
         cfg = load_config(config, overrides or [])
-    s = run_train(cfg, resume=resume, progress=not quiet)
+    s = run_train(cfg, resume=resume, progress=cfg.train.progress and not quiet)
     typer.echo(_summary_line(s))
 
 

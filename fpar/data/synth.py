@@ -22,6 +22,7 @@ Everything is deterministic for a seed.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -514,19 +515,45 @@ def _write_png(path: Path, img: np.ndarray, rgb: bool = False) -> None:
         raise FparError(f"cannot write {path}; check the disk space and permissions")
 
 
+MARKER = ".fpar-synth.json"  # in every dataset this generator writes: --overwrite replaces only such folders
+
+
+def _ours(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
 def synthesize(out: str | Path, *, preset: str = "demo", seed: int = 0, overwrite: bool = False, progress=None) -> dict:
-    """Write a synthetic dataset in the GTEA61 course layout under ``out``. Returns a summary dict."""
+    """Write a synthetic dataset in the GTEA61 course layout under ``out``. Returns a summary dict.
+
+    The dataset is built beside ``out`` (``OUT.partial``) and renamed into place, so it appears complete or not at
+    all. ``overwrite`` replaces an existing dataset only when this generator wrote it (its ``.fpar-synth.json``
+    marker): the old one is moved aside, the new one moved in, then the old one removed; a folder fpar did not
+    write is never deleted.
+    """
     if preset not in PRESETS:
         raise FparError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     cfg = PRESETS[preset]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FparError(f"{out} is a file; give a folder for the dataset")
+    old = out.with_name(out.name + ".old")
+    if not out.exists() and old.is_dir() and _ours(old):  # a kill between the two renames of a swap
+        old.rename(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FparError(f"{out} already exists and is not empty; choose another folder or pass --overwrite")
-        shutil.rmtree(out)
+        if not _ours(out):
+            raise FparError(
+                f"{out} was not written by `fpar data synth` (no {MARKER}); --overwrite only replaces fpar's own "
+                "datasets: choose another folder"
+            )
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        if not _ours(tmp):
+            raise FparError(f"{tmp} exists and was not written by fpar; move it away or choose another folder")
+        shutil.rmtree(tmp)  # a build killed half-way
+    tmp.mkdir(parents=True)
+    (tmp / MARKER).write_text(json.dumps({"preset": preset, "seed": seed}))
     fr = tmp / "processed_frames2"
     master = np.random.default_rng(seed)
     jobs = []
@@ -569,9 +596,18 @@ def synthesize(out: str | Path, *, preset: str = "demo", seed: int = 0, overwrit
         frames_total += n
     for d in (tmp, fr, fr / "S1", fr / "S2" / cfg.classes[0]):
         (d / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    if out.exists():
-        out.rmdir()  # empty here: a non-empty folder was refused or removed above
-    tmp.rename(out)  # the dataset appears complete or not at all
+    if out.exists() and any(out.iterdir()):  # --overwrite of fpar's own dataset: swap, then remove the old one
+        if old.exists():
+            if not _ours(old):
+                raise FparError(f"{old} exists and was not written by fpar; move it away to let --overwrite swap")
+            shutil.rmtree(old)  # an earlier swap's leftover
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        if out.exists():
+            out.rmdir()  # an empty folder
+        tmp.rename(out)  # the dataset appears complete or not at all
     return {
         "root": str(out),
         "preset": preset,

@@ -26,6 +26,11 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     p = Path(path)
     if p.is_dir():
         f = p / f"{which}.pt"
+        if not f.is_file() and which == "last" and (p / "config.yaml").is_file() and not (p / "best.pt").is_file():
+            raise FparError(
+                f"{p} has no last.pt: its run stopped before the first epoch ended, so there is nothing to resume; "
+                "rerun the train command (it starts the run again in the same folder)"
+            )
         if not f.is_file():
             other = p / ("last.pt" if which == "best" else "best.pt")
             hint = f" ({other.name} exists: pass it explicitly)" if other.is_file() else ""

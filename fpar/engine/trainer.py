@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from ..data.manifest import Manifest, Vocabulary
 from ..data.readers import read_dataset
 from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
 from ..errors import FparError
+from ..locks import FolderLock
 from ..models.heads import total_loss
-from ..utils import atomic_write_json, atomic_write_text, seed_everything
+from ..utils import atomic_write_json, atomic_write_text, remove_leftover_temps, seed_everything
 from ..version import __version__
 from .build import build_model, forward_batch, modalities, resolve_trainable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -242,21 +244,52 @@ def prepare(cfg: ExperimentConfig):
     return manifest, splits, train_ds, select_ds, test_ds
 
 
+RESULT_FILES = ("best.pt", "summary.json")  # a folder with these holds a run's results (config.yaml alone: none)
+
+
 def train(
     cfg: ExperimentConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None, log=print
 ) -> dict:
-    """Run one stage. ``resume`` continues an interrupted run from its ``last.pt`` (same result as no stop)."""
+    """Run one stage. ``resume`` continues an interrupted run from its ``last.pt`` (same result as no stop), or
+    extends a finished one when ``train.epochs`` is larger than the epochs it ran.
+
+    One writer per run folder: the folder's lock (`fpar.locks.FolderLock`) is held from the first write to the
+    summary; a folder that already holds results of another run is refused, never written over.
+    """
     progress = cfg.train.progress if progress is None else progress
+    progress = progress and sys.stderr.isatty()  # bars only on a terminal; a log file gets one line per epoch
     run = Path(resume) if resume else run_dir_for(cfg)
+    if run.exists() and not run.is_dir():
+        raise FparError(f"out={run} is a file, not a folder; give a new folder for the run")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FparError(f"cannot create the run folder {run} ({e.strerror}); choose another out=") from None
+    with FolderLock(run, what=f"fpar train {cfg.name}") as lock:
+        return _train_locked(cfg, run, resume, lock, progress, log)
+
+
+def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log) -> dict:
     last = None
     if resume:
         last = load_checkpoint(run, "last")
-        if last.get("finished") and (run / "summary.json").is_file():
-            log(f"{run} already finished {last['epoch']} epochs; nothing to resume")
+        done = int(last["epoch"])
+        if last.get("finished") and cfg.train.epochs <= done and (run / "summary.json").is_file():
+            log(f"{run} already finished {done} epochs; nothing to resume (train.epochs=N with N > {done} extends it)")
             return json.loads((run / "summary.json").read_text())
-    elif (run / "last.pt").exists():
-        raise FparError(f"{run} already holds a run; resume it with `fpar train --resume {run}` or set out=NEW_FOLDER")
-    run.mkdir(parents=True, exist_ok=True)
+    else:
+        if (run / "last.pt").exists():
+            raise FparError(
+                f"{run} already holds a run; resume it with `fpar train --resume {run}` or set out=NEW_FOLDER"
+            )
+        held = [n for n in RESULT_FILES if (run / n).exists()]
+        if held:
+            raise FparError(
+                f"{run} already holds results of a run ({', '.join(held)}); nothing was changed: set out=NEW_FOLDER"
+            )
+    removed = remove_leftover_temps(run)  # we are the only writer: files of killed writes can go
+    if removed:
+        logger.info("%s: removed %d temporary file(s) of interrupted writes", run, len(removed))
 
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
@@ -354,6 +387,7 @@ def train(
             if isinstance(v, (int, float)) and k != "epoch":
                 tb.add_scalar(k, v, epoch + 1)
         log(_epoch_line(row))
+        lock.check()
         save_checkpoint(
             {
                 **base,
@@ -368,6 +402,7 @@ def train(
             run / "last.pt",
         )
     tb.close()
+    lock.check()
     summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress)
     summary["train_time_s"] = round(time.time() - t_start, 1)
     atomic_write_json(run / "summary.json", summary)

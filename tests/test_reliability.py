@@ -1,0 +1,142 @@
+"""One writer per run folder, nothing written over, modes that collaborators can read, runs that extend."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fpar.cli import main
+from fpar.config import load_config
+from fpar.engine.trainer import train
+from fpar.errors import FparError
+from fpar.locks import LOCK_NAME, FolderLock
+from tests.conftest import tiny_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(root, out, *extra):
+    return load_config(None, [*tiny_args(root), "train.epochs=1", "train.max_batches=1", f"out={out}", *extra])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_root, tmp_path, caplog):
+    run = tmp_path / "r"
+    with FolderLock(run, what="another trainer"):
+        with pytest.raises(FparError, match=rf"{run} is being written by pid {os.getpid()} .*another trainer"):
+            train(_cfg(tiny_root, run), log=lambda m: None)
+    assert not (run / LOCK_NAME).exists()  # released
+    # a lock left by a machine that stopped beating long ago (a pid cannot be checked across hosts)
+    (run / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "heartbeat": time.time() - 3600}))
+    with caplog.at_level("WARNING"):
+        train(_cfg(tiny_root, run), log=lambda m: None)
+    assert "taking over the stale lock of pid 1 on elsewhere" in caplog.text
+    assert (run / "summary.json").is_file() and not (run / LOCK_NAME).exists()
+    # a dead process on this host is stale at once, whatever its heartbeat says
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    info = {"pid": int(dead.stdout), "host": socket.gethostname(), "heartbeat": time.time()}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / LOCK_NAME).write_text(json.dumps(info))
+    with FolderLock(tmp_path / "d"):
+        pass
+
+
+def test_two_trainers_into_one_folder_one_wins(tiny_root, tmp_path):
+    out = tmp_path / "shared"
+    args = [*tiny_args(tiny_root), "train.epochs=2", "train.max_batches=1", f"out={out}", "--quiet"]
+    env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "fpar", "train", *args], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2)
+    assert "Traceback" not in loser and loser.count("\n") == 1
+    assert "is being written by pid" in loser or "already holds" in loser
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # one run's rows, not interleaved
+
+
+def test_results_are_never_written_over(tiny_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(_cfg(tiny_root, run), log=lambda m: None)
+    (run / "last.pt").unlink()  # a finished run whose last.pt went missing
+    before = _snapshot(run)
+    ov = [*tiny_args(tiny_root), "train.epochs=1", f"out={run}"]
+    assert main(["train", *ov]) == 2
+    err = capsys.readouterr().err
+    assert "already holds results of a run (best.pt, summary.json); nothing was changed" in err
+    assert _snapshot(run) == before
+    (tmp_path / "file").write_text("mine")
+    assert main(["train", *tiny_args(tiny_root), f"out={tmp_path / 'file'}"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and (tmp_path / "file").read_text() == "mine"
+
+
+def test_resume_of_a_finished_run_with_more_epochs_extends_it_exactly(tiny_root, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(_cfg(tiny_root, a, "train.epochs=1"), log=lambda m: None)
+    (a / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # left by a killed write
+    assert main(["train", "--resume", str(a), "train.epochs=2", "--quiet"]) == 0
+    assert not list(a.glob(".*.tmp"))
+    train(_cfg(tiny_root, b, "train.epochs=2"), log=lambda m: None)
+    wa = torch.load(a / "last.pt", weights_only=True)["model"]
+    wb = torch.load(b / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+    assert json.loads((a / "summary.json").read_text())["epochs"] == 2
+
+
+def test_a_run_killed_in_its_first_epoch_says_to_rerun(tiny_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = _cfg(tiny_root, run)
+    from fpar.config import save_config
+
+    save_config(cfg, run / "config.yaml")  # what a run killed before its first epoch ended leaves
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "stopped before the first epoch ended" in capsys.readouterr().err
+    train(cfg, log=lambda m: None)  # rerunning the same command starts it again in the same folder
+    assert (run / "summary.json").is_file()
+
+
+def test_files_honour_the_umask(tiny_root, tmp_path):
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "r"
+        train(_cfg(tiny_root, run), log=lambda m: None)
+    finally:
+        os.umask(old)
+    for name in ("best.pt", "last.pt", "summary.json", "config.yaml"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o644, name
+
+
+def test_synth_overwrite_replaces_only_its_own_datasets(tmp_path):
+    from fpar.data.synth import MARKER, synthesize
+
+    mine = tmp_path / "paper"
+    (mine / ".git").mkdir(parents=True)
+    (mine / "report.tex").write_text("\\documentclass{article}")
+    before = _snapshot(mine)
+    with pytest.raises(FparError, match="was not written by `fpar data synth`"):
+        synthesize(mine, preset="tiny", overwrite=True)
+    assert _snapshot(mine) == before
+    ds = tmp_path / "ds"
+    synthesize(ds, preset="tiny", seed=0)
+    assert (ds / MARKER).is_file()
+    first = (ds / "processed_frames2" / "S1").stat().st_ino
+    synthesize(ds, preset="tiny", seed=1, overwrite=True)
+    assert json.loads((ds / MARKER).read_text())["seed"] == 1 and not (tmp_path / "ds.old").exists()
+    assert (ds / "processed_frames2" / "S1").stat().st_ino != first

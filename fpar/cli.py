@@ -78,7 +78,10 @@ def data_check(
     r = check_dataset(load_config(None, ov).data, frames=frames, flow_stack=flow_stack, decode=not no_decode)
     typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
     if not r["usable"]:
-        raise FparError(f"{root} is not usable for training: it needs usable videos in both the train and test split")
+        why = next((p["message"] for p in r["problems"] if p["kind"] == "missing_subject"), None)
+        raise FparError(
+            f"{root} is not usable for training: " + (why or "it needs usable videos in both the train and test split")
+        )
 
 
 @data_app.command("synth")

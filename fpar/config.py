@@ -461,6 +461,8 @@ def read_yaml_mapping(path: Path, what: str = "config file", example: str = "con
         raise FparError(f"{what} {path} not found; give a YAML file such as {example}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise FparError(f"{what} {path} is not a text file; give a YAML file such as {example}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -490,7 +492,7 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
         raise FparError(f"config file {path} not found; give a YAML file such as configs/ego_rnn_stage1.yaml")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError):
         return [path]  # _read_yaml reports it
     parent = raw.get("extends") if isinstance(raw, dict) else None
     if parent:
@@ -548,6 +550,8 @@ def validate(cfg: ExperimentConfig) -> None:
     for g in cfg.optim.groups:
         if not isinstance(g, dict) or not isinstance(g.get("lr"), (int, float)) or "pattern" not in g:
             raise FparError(f"each optim.groups entry is {{pattern: REGEX, lr: NUMBER}}, got {g!r}")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise FparError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}")
     if not 0 < cfg.data.val_fraction < 1:
         raise FparError("data.val_fraction must be between 0 and 1")
     for section in (cfg.model, cfg.data):

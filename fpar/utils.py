@@ -88,7 +88,7 @@ def seed_everything(seed: int) -> None:
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**63)  # any non-negative seed is accepted: reduced into torch's range
 
 
 def sha256_text(text: str) -> str:

@@ -140,3 +140,52 @@ def test_synth_overwrite_replaces_only_its_own_datasets(tmp_path):
     synthesize(ds, preset="tiny", seed=1, overwrite=True)
     assert json.loads((ds / MARKER).read_text())["seed"] == 1 and not (tmp_path / "ds.old").exists()
     assert (ds / "processed_frames2" / "S1").stat().st_ino != first
+
+
+BAD_RUNS = [
+    (["train.device=mps"], "train.device=mps but this PyTorch has no usable MPS device"),
+    (["optim.momentum=-1"], "optim.momentum' must be in [0, 1)"),
+    (["data.select_on=val", "data.val_fraction=0.99"], "data.val_fraction=0.99 leaves no training videos"),
+    (["model.name=ego_rn"], "unknown model 'ego_rn'"),
+    (["data.format=epic"], "unknown dataset format 'epic'"),
+    (["model.ego_rnn.ms.layer=conv9"], "choose one of conv3, conv4, conv5"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_RUNS)
+def test_bad_run_settings_are_one_line_errors(extra, message, tiny_root, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *tiny_args(tiny_root), "train.epochs=1", f"out={out}", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (out / "config.yaml").exists()  # refused before anything was written
+
+
+def test_more_bad_inputs_are_one_line_errors(tiny_root, tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(bytes(range(256)))
+    cases = [
+        (["train", str(tmp_path / "bin.yaml")], "is not a text file"),
+        (["data", "show", str(tiny_root), "S2/take_cup/1", "--frames", "0"], "--frames 0: show at least 1 frame"),
+        (["data", "check", str(tiny_root), "--train", "S9"], "subject(s) S9 not found"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_huge_seeds_are_accepted_and_another_runs_last_pt_is_refused(tiny_root, tmp_path, capsys):
+    a = tmp_path / "a"
+    train(_cfg(tiny_root, a, f"seed={10**14}"), log=lambda m: None)
+    assert json.loads((a / "summary.json").read_text())["seed"] == 10**14
+    b = tmp_path / "b"
+    train(_cfg(tiny_root, b, "model.name=flow_resnet", "data.flow_stack=2"), log=lambda m: None)
+    (a / "summary.json").unlink()
+    ck = torch.load(b / "last.pt", weights_only=True)
+    ck["finished"] = False
+    torch.save(ck, a / "last.pt")
+    before = _snapshot(a)
+    assert main(["train", "--resume", str(a)]) == 2
+    err = capsys.readouterr().err
+    assert "is a checkpoint of model 'flow_resnet'" in err and "does not belong to this run folder" in err
+    assert _snapshot(a) == before

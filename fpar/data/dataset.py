@@ -153,4 +153,9 @@ def make_splits(manifest: Manifest, cfg: DataConfig, *, seed: int = 0) -> Splits
         if len(items) > 1:
             val += items[: max(k, 1)]
     keep = sorted(set(train) - set(val))
+    if not keep:
+        raise FparError(
+            f"data.val_fraction={cfg.val_fraction} leaves no training videos ({len(train)} in the training split, all "
+            "held out for validation); lower data.val_fraction"
+        )
     return Splits(keep, sorted(val), test, "val", name)

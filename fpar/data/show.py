@@ -52,9 +52,13 @@ def show_video(
 ) -> Path:
     """Write a PNG: one row per sampled frame, columns rgb | flow x | flow y | motion map (Figure 6).
 
+    Raises FparError for ``frames`` < 1.
+
     With ``transformed`` the images are what the model sees after the (test, or ``train``) transform.
     """
     v = manifest.videos[index]
+    if frames < 1:
+        raise FparError(f"--frames {frames}: show at least 1 frame")
     idx = uniform_indices(v.num_frames, frames)
     cols = []
     rgb = [read_rgb(v.rgb[k]) for k in idx]

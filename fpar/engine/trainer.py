@@ -52,6 +52,8 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FparError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto")
+    if name.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FparError(f"train.device={name} but this PyTorch has no usable MPS device; use train.device=cpu or auto")
     return torch.device(name)
 
 
@@ -119,7 +121,8 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 
 def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: int = 0) -> DataLoader:
     g = torch.Generator()
-    g.manual_seed(cfg.seed * 1_000_003 + epoch)  # the shuffle order depends only on (seed, epoch): exact resume
+    # the shuffle order depends only on (seed, epoch): exact resume; reduced into torch's 64-bit seed range
+    g.manual_seed((cfg.seed * 1_000_003 + epoch) % 2**63)
     nw = cfg.data.num_workers
     return DataLoader(
         ds,
@@ -311,7 +314,20 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     best = {"top1": -1.0, "epoch": 0}
     start = 0
     if last is not None:
-        model.load_state_dict(last["model"])
+        src = (last.get("config") or {}).get("model", {}).get("name", "?")
+        if src != cfg.model.name or list(last.get("classes") or []) != list(classes):
+            raise FparError(
+                f"{last['path']} is a checkpoint of model '{src}' on {len(last.get('classes') or [])} classes, but "
+                f"this run's config.yaml trains {cfg.model.name} on {len(classes)}: it does not belong to this run "
+                "folder; restore the run's own last.pt or start a new run"
+            )
+        try:
+            model.load_state_dict(last["model"])
+        except RuntimeError:
+            raise FparError(
+                f"{last['path']} does not fit this run's config.yaml (a checkpoint of model '{src}' with other "
+                "shapes): it does not belong to this run folder; restore the run's own last.pt or start a new run"
+            ) from None
         optimizer.load_state_dict(last["optimizer"])
         set_rng_state(last["rng"])
         history = list(last["history"])

@@ -29,12 +29,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault("tmp_written")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def fault(point: str) -> None:
+    """Fault injection for tests: with ``FPAR_FAULT=POINT:N`` the process SIGKILLs itself the N-th time it passes
+    ``POINT`` (``batch``: after an optimiser step; ``eval``: during evaluation; ``tmp_written``: an atomic write's
+    temporary file is complete but not renamed; ``metrics_appended``: an epoch's row is in metrics.jsonl but its
+    checkpoint is not written). A no-op without the variable."""
+    spec = os.environ.get("FPAR_FAULT")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != point:
+        return
+    _FAULT_HITS[point] = _FAULT_HITS.get(point, 0) + 1
+    if _FAULT_HITS[point] == int(n or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask() -> int:

@@ -11,9 +11,9 @@ import torch
 # One intra-op thread: tiny tensors run faster, and the 2-core machine stays usable while the suite runs.
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_CLIP = Path(os.environ.get("FPAR_REAL_CLIP", SHARED / "data" / "gtea61-real-clip"))
-REAL_VIDEO = Path(os.environ.get("FPAR_REAL_VIDEO", SHARED / "data" / "videos" / "ucf101-eyemakeup.avi"))
+DATA = Path(__file__).resolve().parent / "data"  # shipped with the suite (tests/data/README.md)
+REAL_CLIP = Path(os.environ.get("FPAR_REAL_CLIP", DATA / "gtea61-real-clip"))
+REAL_VIDEO = Path(os.environ.get("FPAR_REAL_VIDEO", DATA / "videos" / "ucf101-eyemakeup.avi"))
 
 
 @pytest.fixture(scope="session")

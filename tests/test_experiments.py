@@ -27,7 +27,7 @@ from fpar.experiments.sweep import Ledger, run_sweep, storage_url, sweep_status,
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "fpar" / "configs"
 STAGE1 = CONFIGS / "ego_rnn_stage1.yaml"
-REAL_MAP = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtea61-real-clip" / "map0011.png"
+REAL_MAP = Path(__file__).resolve().parent / "data" / "gtea61-real-clip" / "map0011.png"
 
 
 def _grid(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:

@@ -19,7 +19,7 @@ from fpar.video.flow import compute_flow, estimate_camera_homography, motion_map
 from fpar.video.io import read_frame_folder, read_video
 from fpar.video.prepare import LOCK_NAME, MANIFEST_NAME, TMP_NAME, discover, prepare
 
-REAL_VIDEO = Path("/work/shared/data/videos/ucf101-eyemakeup.avi")
+REAL_VIDEO = Path(__file__).resolve().parent / "data" / "videos" / "ucf101-eyemakeup.avi"
 needs_real_video = pytest.mark.skipif(not REAL_VIDEO.is_file(), reason=f"{REAL_VIDEO} not available")
 
 W, H, FPS = 96, 72, 10

@@ -32,7 +32,7 @@ from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
 from ..errors import FparError
 from ..locks import FolderLock
 from ..models.heads import total_loss
-from ..utils import atomic_write_json, atomic_write_text, remove_leftover_temps, seed_everything
+from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
 from ..version import __version__
 from .build import build_model, forward_batch, modalities, resolve_trainable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -153,6 +153,7 @@ def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = Fa
         with _autocast(cfg, device):
             out = forward_batch(model, cfg, batch, train=False)
         out.logits = out.logits.float()
+        fault("eval")
         losses.append(torch.nn.functional.cross_entropy(out.logits, batch["label"], reduction="sum").item())
         logits.append(out.logits.cpu())
         labels.append(batch["label"].cpu())
@@ -210,6 +211,7 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
                 [p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip
             )
         optimizer.step()
+        fault("batch")
         b = batch["label"].shape[0]
         seen += b
         correct += (out.logits.argmax(1) == batch["label"]).sum().item()
@@ -247,7 +249,8 @@ def prepare(cfg: ExperimentConfig):
     return manifest, splits, train_ds, select_ds, test_ds
 
 
-RESULT_FILES = ("best.pt", "summary.json")  # a folder with these holds a run's results (config.yaml alone: none)
+# A folder with these holds a run's results (config.yaml alone, or the best.pt of an epoch 1 that never ended: none)
+RESULT_FILES = ("best.pt", "summary.json")
 
 
 def train(
@@ -272,6 +275,13 @@ def train(
         return _train_locked(cfg, run, resume, lock, progress, log)
 
 
+def _epoch_of(path: Path) -> int | None:
+    try:
+        return int(load_checkpoint(path).get("epoch") or 0)
+    except FparError:
+        return None
+
+
 def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log) -> dict:
     last = None
     if resume:
@@ -286,6 +296,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 f"{run} already holds a run; resume it with `fpar train --resume {run}` or set out=NEW_FOLDER"
             )
         held = [n for n in RESULT_FILES if (run / n).exists()]
+        if held == ["best.pt"] and _epoch_of(run / "best.pt") == 1:
+            held = []  # killed in epoch 1 between best.pt and last.pt: a partial run, started again
         if held:
             raise FparError(
                 f"{run} already holds results of a run ({', '.join(held)}); nothing was changed: set out=NEW_FOLDER"
@@ -399,6 +411,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         history.append(row)
         with open(run / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        fault("metrics_appended")
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 tb.add_scalar(k, v, epoch + 1)

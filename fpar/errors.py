@@ -13,4 +13,10 @@ class FparError(Exception):
     exit_code = 2
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # always one line
+        text = str(message)
+        # Re-raised from a DataLoader worker, the message is "Caught FparError in DataLoader worker process 0.
+        # Original Traceback ...": keep only the original one-line message (its last line).
+        if text.startswith("Caught ") and "Original Traceback" in text:
+            last = text.rstrip().splitlines()[-1]
+            text = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(" ".join(text.split()))  # always one line

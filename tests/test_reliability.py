@@ -189,3 +189,60 @@ def test_huge_seeds_are_accepted_and_another_runs_last_pt_is_refused(tiny_root, 
     err = capsys.readouterr().err
     assert "is a checkpoint of model 'flow_resnet'" in err and "does not belong to this run folder" in err
     assert _snapshot(a) == before
+
+
+def _copy_tiny(tiny_root, tmp_path) -> Path:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    return root
+
+
+def test_colour_flow_is_reported_and_refused_naming_the_file(tiny_root, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    root = _copy_tiny(tiny_root, tmp_path)
+    video = sorted(root.glob("flow_x_processed/S1/*/*"))[0]
+    files = sorted(video.glob("flow_x_*.png"))
+    for f in files:  # one video exported as colour-coded flow pictures
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(f), np.dstack([img, 255 - img, img]))
+    assert main(["data", "check", str(root), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    colour = [p for p in r["problems"] if p["kind"] == "colour_flow"]
+    assert [p["path"] for p in colour] == [str(f.relative_to(root)) for f in files]
+    assert "re-export it as grey" in colour[0]["message"]
+    args = [*tiny_args(root), "model.name=flow_resnet", "data.flow_stack=2", "train.trainable=[.]", "train.epochs=1"]
+    assert main(["train", *args, "data.num_workers=2", f"out={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(video) in err and "in colour" in err and "Traceback" not in err
+
+
+def test_a_truncated_png_in_a_worker_is_one_line_with_its_path(tiny_root, tmp_path, capsys):
+    root = _copy_tiny(tiny_root, tmp_path)
+    bad = sorted(root.glob("processed_frames2/S1/*/*/rgb/rgb0001.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:60])
+    args = [*tiny_args(root), "train.epochs=1", "data.num_workers=2", "data.sampling=seed", f"out={tmp_path / 'r'}"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: image {bad} cannot be decoded (truncated or not an image); replace or delete it\n"
+
+
+def test_report_skips_a_corrupt_summary_naming_it(tiny_root, tmp_path, caplog):
+    from fpar.experiments.report import make_report
+
+    run = tmp_path / "runs" / "r"
+    train(_cfg(tiny_root, run), log=lambda m: None)
+    (run / "summary.json").write_text("{not json")
+    with caplog.at_level("WARNING"):
+        make_report([str(run)], tmp_path / "rep")
+    assert f"skipped {run / 'summary.json'}: it is not valid JSON" in caplog.text
+
+
+def test_corrupt_pretrained_weights_do_not_suggest_unsafe_loading(tiny_root, tmp_path, capsys):
+    (tmp_path / "w.pt").write_bytes(b"\x80\x02not a checkpoint")
+    assert main(["train", *tiny_args(tiny_root), f"model.pretrained={tmp_path / 'w.pt'}", f"out={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "w.pt") in err and "weights_only" not in err and err.count("\n") == 1

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from ..config import DataConfig
 from ..errors import FparError
-from .imageio import read_grey, read_mmap, read_rgb
+from .imageio import ImageError, read_grey, read_mmap, read_rgb
 from .layout import check_lengths, split_problems
 from .manifest import Problem
 from .readers import block_of, resolve_reader
@@ -53,15 +53,9 @@ def check_dataset(
                 for p in paths:
                     try:
                         reader(p)
-                    except FparError:
-                        problems.append(
-                            Problem(
-                                "unreadable_image",
-                                os.path.relpath(p, manifest.root),
-                                "cannot be decoded: replace or delete it",
-                                True,
-                            )
-                        )
+                    except ImageError as e:
+                        why = str(e).replace(f"{p} ", "")  # the problem names the file already
+                        problems.append(Problem(e.kind, os.path.relpath(p, manifest.root), why, True))
                         v.usable = False
     usable = [v for v in manifest.videos if v.usable]
     frame_counts = [v.num_frames for v in usable] or [0]

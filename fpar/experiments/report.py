@@ -22,6 +22,7 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -44,6 +45,8 @@ METRICS = (
     ("test_top1", "test top-1"),
 )
 # config keys that do not make two loose runs different grid points
+logger = logging.getLogger(__name__)
+
 _GROUP_IGNORED = {"seed", "name", "out", "data.root", "train.progress"}
 _GROUP_IGNORED |= {"data.num_workers", "train.device", "model.backbone_classes"}
 
@@ -72,7 +75,8 @@ def load_run_data(path: str | os.PathLike, name: str | None = None) -> RunData:
     if (p / "summary.json").is_file():
         try:
             summary = json.loads((p / "summary.json").read_text())
-        except ValueError:
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("skipped %s: it is not valid JSON (a corrupt or hand-edited summary)", p / "summary.json")
             summary = None
     history = []
     if (p / "metrics.jsonl").is_file():

@@ -273,7 +273,11 @@ def load_weights_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with arbitrary objects, not a torch file at all
-        raise FparError(f"cannot read pretrained weights {path}: {type(e).__name__}: {e}") from e
+        # torch's own message suggests weights_only=False, i.e. running arbitrary code: never do that here
+        raise FparError(
+            f"cannot read pretrained weights {path} ({type(e).__name__}): it is corrupt, not a torch file, or holds "
+            "Python objects beyond tensors; give a plain state dict (torch.save(model.state_dict(), path))"
+        ) from None
 
 
 def imagenet_checkpoint_path(name: str) -> Path:

@@ -246,3 +246,70 @@ def test_corrupt_pretrained_weights_do_not_suggest_unsafe_loading(tiny_root, tmp
     assert main(["train", *tiny_args(tiny_root), f"model.pretrained={tmp_path / 'w.pt'}", f"out={tmp_path / 'r'}"]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "w.pt") in err and "weights_only" not in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The sweep ledger
+
+
+def _sweep_grid(tmp_path: Path) -> Path:
+    g = tmp_path / "g.yaml"
+    g.write_text(
+        f"name: led\nbase: {ROOT / 'fpar' / 'configs' / 'ego_rnn_stage1.yaml'}\ngrid: {{optim.lr: [1.0e-3]}}\n"
+    )
+    return g
+
+
+def test_a_kill_while_the_ledger_is_created_leaves_no_broken_ledger(tiny_root, tmp_path):
+    g, out = _sweep_grid(tmp_path), tmp_path / "sw"
+    env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT), "FPAR_FAULT": "ledger_created:1"}
+    ov = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1"]
+    killed = subprocess.run([sys.executable, "-m", "fpar", "sweep", str(g), "--out", str(out), *ov], env=env)
+    assert killed.returncode == -9
+    assert not (out / "sweep.db").exists() and list(out.glob(".sweep.db.tmp-*"))  # only the temporary file
+    from fpar.experiments.sweep import run_sweep
+
+    s = run_sweep(g, out=out, log=lambda m: None, extra_overrides=ov)
+    assert s["counts"] == {"done": 1} and not list(out.glob(".sweep.db.tmp-*"))
+
+
+def test_a_broken_ledger_is_rebuilt_from_the_trial_folders(tiny_root, tmp_path):
+    import sqlite3
+
+    from fpar.experiments.sweep import Ledger, run_sweep, storage_url
+
+    g, out = _sweep_grid(tmp_path), tmp_path / "sw"
+    ov = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1"]
+    run_sweep(g, out=out, log=lambda m: None, extra_overrides=ov)
+    con = sqlite3.connect(out / "sweep.db")
+    con.execute("DROP INDEX ix_studies_study_name")  # what a kill during Optuna's own schema creation left
+    con.commit()
+    con.close()
+    lines: list[str] = []
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("fpar.experiments.sweep").addHandler(handler)
+    try:
+        s = run_sweep(g, out=out, log=lines.append, extra_overrides=ov)
+    finally:
+        logging.getLogger("fpar.experiments.sweep").removeHandler(handler)
+    assert s["counts"] == {"done": 1} and s["ran"] == []  # nothing retrained: recorded from the folder
+    assert any("was broken (its studies table has no unique index" in r.getMessage() for r in records)
+    assert list(out.glob("sweep.db.broken-*"))
+    att = Ledger(storage_url(out, None), "led").attempts()
+    assert [ft.state.name for ft in att["lr1e-03-seed0"]] == ["COMPLETE"]
+
+
+def test_an_attempt_killed_before_it_was_named_is_closed(tmp_path):
+    import optuna
+
+    from fpar.experiments.sweep import Ledger, storage_url
+
+    led = Ledger(storage_url(tmp_path, None), "x")
+    led.study.ask()  # a process killed right after ask: RUNNING, no trial name
+    assert led.tidy_unnamed(older_than=60) == 0  # a live process might be naming it right now
+    assert led.tidy_unnamed(older_than=0) == 1
+    assert [t.state for t in led.study.get_trials()] == [optuna.trial.TrialState.FAIL]

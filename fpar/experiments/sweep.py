@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FparError
-from ..utils import atomic_write_json, atomic_write_text, pid_alive
+from ..utils import atomic_write_json, atomic_write_text, fault, pid_alive
 from .grid import Grid, Trial, expand, load_grid, trial_config
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,70 @@ def storage_url(sweep: Path, storage: str | None) -> str:
     return storage
 
 
+_SQLITE_TABLES = {"studies", "version_info", "trials", "trial_user_attributes", "trial_values", "alembic_version"}
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    """Why an SQLite ledger cannot be used (None when it can): not a database, failed integrity check, or a schema
+    left half-made by a kill during its creation (missing tables or the unique index on study names)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            if con.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                return "its integrity check fails"
+            names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return f"not an SQLite database ({e})"
+    missing = sorted(_SQLITE_TABLES - names)
+    if missing:
+        return f"its schema is incomplete (no {', '.join(missing)})"
+    if "ix_studies_study_name" not in names:
+        return "its studies table has no unique index on the study name"
+    return None
+
+
+def _create_sqlite(path: Path, name: str) -> None:
+    """Create the ledger's schema beside ``path`` and move it into place: a kill during the creation leaves only a
+    temporary file (removed by the next start), never a half-made ledger."""
+    import optuna
+
+    for old in path.parent.glob(f".{path.name}.tmp-*"):  # creations killed earlier
+        pid = old.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not pid_alive(int(pid)):
+            old.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+    optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    storage.engine.dispose()
+    fault("ledger_created")
+    try:
+        os.link(tmp, path)  # atomic, and refuses to replace a ledger another process made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare_sqlite(path: Path, name: str, log=logger.warning) -> None:
+    """Make sure the SQLite ledger at ``path`` exists and is sound; a broken one is moved aside and made anew (the
+    sweep then records its finished trials again from their run folders)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        why = _sqlite_problem(path)
+        if why is None:
+            return
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        log(f"the sweep ledger {path} was broken ({why}); moved it to {aside.name} and made a new one: finished "
+            "trials are recorded again from their run folders")  # fmt: skip
+    _create_sqlite(path, name)
+
+
 def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
@@ -102,6 +166,8 @@ class Ledger:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+            if url.startswith("sqlite:///"):
+                _prepare_sqlite(Path(url[len("sqlite:///") :]), name)
         try:
             storage = optuna.storages.RDBStorage(url, **kwargs)
             self.study = optuna.create_study(
@@ -222,6 +288,24 @@ class Ledger:
         )
         with self.lock:
             self.study.add_trial(ft)
+
+    def tidy_unnamed(self, older_than: float = 60.0) -> int:
+        """Fail attempts left RUNNING by a process killed between Optuna's ``ask`` and naming its trial (they carry
+        no trial name, so nothing else would ever close them). Returns how many were closed."""
+        import optuna
+        from optuna.trial import TrialState
+
+        now = time.time()
+        n = 0
+        with self.lock:
+            for ft in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                started = ft.datetime_start.timestamp() if ft.datetime_start else 0.0
+                if "trial" not in ft.user_attrs and now - started > older_than:
+                    ot = optuna.trial.Trial(self.study, ft._trial_id)
+                    ot.set_user_attr("note", "abandoned before it was named")
+                    self.study.tell(ot, state=TrialState.FAIL)
+                    n += 1
+        return n
 
     def heartbeat(self, ots: list[Any]) -> None:
         with self.lock:
@@ -444,6 +528,9 @@ def run_sweep(
     url = storage_url(sweep, storage)
     write_manifest(sweep, grid, trials, url, list(extra_overrides), seeds)
     ledger = Ledger(url, grid.name, shared=bool(storage), stale_after=stale_after)
+    tidied = ledger.tidy_unnamed()
+    if tidied:
+        log(f"closed {tidied} attempt(s) whose process stopped before naming its trial")
     runs = {t.name: sweep / t.name for t in trials}
     local = {name: str(p) for name, p in runs.items()}
 

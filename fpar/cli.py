@@ -5,6 +5,7 @@ Every user error is an `FparError`, printed as one line (``error: ...``) with ex
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -34,9 +35,19 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+_DEBUG = {"on": False}
+
+
+def _debug(value: bool) -> None:
+    _DEBUG["on"] = _DEBUG["on"] or value
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+    debug: bool = typer.Option(
+        False, "--debug", callback=_debug, is_eager=True, help="print the traceback of an internal error"
+    ),
 ):
     """First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow."""
 
@@ -597,15 +608,45 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as e:
         return e.exit_code
-    except Exception as e:  # click usage errors (missing argument, unknown option, bad value)
+    except Exception as e:  # click usage errors (missing argument, unknown option, bad value), then the rest
         usage, abort = _usage_error_types()
         if isinstance(e, usage):
             e.show()
             return int(getattr(e, "exit_code", 2))
         if isinstance(e, abort):
             return 1
-        raise
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            where = e.filename or "a file"
+            typer.echo(
+                f"error: cannot write {where} ({e.strerror}); free some space, fix the folder's permissions or "
+                "choose another output folder (files already written are intact)",
+                err=True,
+            )
+            return FparError.exit_code
+        if _DEBUG["on"] or os.environ.get("FPAR_DEBUG"):
+            raise
+        typer.echo(f"error: internal error ({type(e).__name__}: {e}); {_crash_report()}", err=True)
+        return 1
     return 0
+
+
+_DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _crash_report() -> str:
+    """Write the current traceback to a file; the message says where (or prints it when no file can be had)."""
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"fpar-crash-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"fpar {sys.argv[1:]}\n\n{text}")
+        return f"the traceback is in {path} (or rerun with --debug); please report it"
+    except OSError:
+        return "rerun with --debug to see the traceback; please report it"
 
 
 if __name__ == "__main__":

@@ -31,9 +31,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         fault("tmp_written")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # name the file the user would look for
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 

@@ -313,3 +313,67 @@ def test_an_attempt_killed_before_it_was_named_is_closed(tmp_path):
     assert led.tidy_unnamed(older_than=60) == 0  # a live process might be naming it right now
     assert led.tidy_unnamed(older_than=0) == 1
     assert [t.state for t in led.study.get_trials()] == [optuna.trial.TrialState.FAIL]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Output folders that cannot be written: run as root without the DAC capabilities (chmod alone tests nothing as root)
+
+CAPSH = Path("/usr/sbin/capsh")
+needs_capsh = pytest.mark.skipif(
+    not CAPSH.exists() or os.geteuid() != 0, reason="needs root and capsh to drop cap_dac_override"
+)
+
+
+@needs_capsh
+def test_read_only_output_folders_are_one_line_errors(tiny_root, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(tiny_root, run), log=lambda m: None)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "keep.txt").write_text("mine")
+    ro.chmod(0o555)
+    video = Path(sorted(tiny_root.glob("processed_frames2/S2/*/*"))[0])
+    t = " ".join(tiny_args(tiny_root))
+    cases = {
+        f"train {t} out={ro}/run": f"cannot create the run folder {ro}/run (Permission denied)",
+        f"train {t} out={ro}": f"cannot write {ro}/.fpar.lock (Permission denied)",
+        f"export {run} --out {ro}/m.pt2 --format torch-export": f"cannot write {ro}/m.pt2 (Permission denied)",
+        f"report {run} --out {ro}/rep": f"cannot write {ro}/rep (Permission denied)",
+        f"predict {run} {video} --cam {ro}/cams": f"cannot write {ro}/cams (Permission denied)",
+        f"data synth {ro}/ds --preset tiny": f"cannot write {ro}/ds.partial (Permission denied)",
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FPAR_THREADS": "1"}
+    try:
+        for args, message in cases.items():
+            cmd = f"{sys.executable} -m fpar {args}"
+            r = subprocess.run(
+                [str(CAPSH), "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=240,
+            )
+            assert r.returncode == 2, (args, r.stderr)
+            assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    finally:
+        ro.chmod(0o755)
+    assert sorted(p.name for p in ro.iterdir()) == ["keep.txt"] and (ro / "keep.txt").read_text() == "mine"
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tiny_root, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run = tmp_path / "run"
+    train(_cfg(tiny_root, run), log=lambda m: None)
+    before = (run / "last.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):  # the disk fills up while a checkpoint is being written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["train", "--resume", str(run), "train.epochs=2", "--quiet"]) == 2
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and str(run) in err
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))

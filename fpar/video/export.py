@@ -160,8 +160,12 @@ def export_model(
     out_path = Path(out) if out is not None else ckpt_path.with_suffix(SUFFIX[format])
     if out_path.is_dir():
         raise FparError(f"--out {out_path} is a folder; give a file name, e.g. {out_path / ('model' + SUFFIX[format])}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.parent / f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}"
+    try:  # before minutes of tracing: can the file be written at all?
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.touch()
+    except OSError as e:
+        raise FparError(f"cannot write {out_path} ({e.strerror}); choose another --out") from None
 
     wrapper = plan.module
     gen = torch.Generator().manual_seed(0)

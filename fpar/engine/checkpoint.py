@@ -10,6 +10,7 @@ A checkpoint is a plain dict that can be used alone (`fpar eval`, `fpar predict`
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, Any]:
     f = resolve_checkpoint(path, which)
     try:
-        ckpt = torch.load(f, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickles before refusing them: our line says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated file, not a torch file, arbitrary pickle
         raise FparError(
             f"cannot load checkpoint {f} ({type(e).__name__}); it is corrupt or not an fpar checkpoint"

@@ -15,6 +15,7 @@ Weights are never downloaded (the target machines are offline): see `build_trunk
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -271,7 +272,9 @@ def load_torchvision_state_dict(trunk: ResNetTrunk, state_dict: Mapping[str, Ten
 
 def load_weights_file(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickles before refusing them: our line says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with arbitrary objects, not a torch file at all
         # torch's own message suggests weights_only=False, i.e. running arbitrary code: never do that here
         raise FparError(

@@ -1,0 +1,590 @@
+"""The bad-input corpus: every kind of bad dataset, config, checkpoint and video a user can hand fpar.
+
+Each case asserts the exit code, that stderr is one line naming the file or key and saying what to do (or, for
+dataset problems fpar works around, that `fpar data check` reports the problem with its path), that no traceback
+is printed, and that every file that existed before the command is byte-identical after it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fpar.cli import main
+from fpar.config import load_config
+from fpar.engine.trainer import train
+from tests.conftest import REAL_VIDEO, tiny_args
+
+
+@dataclass
+class World:
+    tmp: Path
+    tiny: Path  # the shared tiny dataset (read-only)
+    run: Path  # a trained tiny Ego-RNN run
+    flow_run: Path
+
+    def data(self, name: str, mutate: Callable[[Path], None]) -> Path:
+        """A copy of the tiny dataset changed by ``mutate``."""
+        root = self.tmp / "data" / name
+        if not root.exists():
+            shutil.copytree(self.tiny, root)
+            mutate(root)
+        return root
+
+    def file(self, name: str, content: bytes | str) -> Path:
+        p = self.tmp / "files" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+        return p
+
+
+@pytest.fixture(scope="module")
+def world(tiny_root, tmp_path_factory) -> World:
+    tmp = tmp_path_factory.mktemp("bad")
+    run, flow = tmp / "runs" / "rgb", tmp / "runs" / "flow"
+    base = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1"]
+    train(load_config(None, [*base, f"out={run}"]), log=lambda m: None)
+    train(load_config(None, [*base, "model.name=flow_resnet", "data.flow_stack=2", f"out={flow}"]), log=lambda m: None)
+    return World(tmp, tiny_root, run, flow)
+
+
+def _first(root: Path, pattern: str) -> Path:
+    return sorted(root.glob(pattern))[0]
+
+
+def _video(w: World, name: str, frames: int, size=(64, 48)) -> Path:
+    import av
+
+    p = w.tmp / "videos" / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    c = av.open(str(p), "w")
+    s = c.add_stream("mpeg4", rate=24)
+    s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+    for k in range(frames):
+        img = np.full((size[1], size[0], 3), 20 * k % 255, np.uint8)
+        for pkt in s.encode(__import__("av").VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(pkt)
+    for pkt in s.encode(None):
+        c.mux(pkt)
+    c.close()
+    return p
+
+
+def _audio_only(w: World) -> Path:
+    import av
+    import av.audio.frame
+
+    p = w.tmp / "videos" / "audio.mp4"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    c = av.open(str(p), "w")
+    s = c.add_stream("aac", rate=16000)
+    fr = av.audio.frame.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    fr.sample_rate = 16000
+    for pkt in [*s.encode(fr), *s.encode(None)]:
+        c.mux(pkt)
+    c.close()
+    return p
+
+
+def _evil_checkpoint(w: World) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(w.tmp / "runs"),))  # would delete the runs if it were ever unpickled
+
+    return w.file("evil.pt", pickle.dumps({"model": Evil(), "config": {}}))
+
+
+def _with_classes_changed(w: World) -> Path:
+    def rename(root: Path):
+        for d in root.glob("processed_frames2/*/take_cup"):
+            d.rename(d.with_name("grab_cup"))
+
+    return w.data("renamed_class", rename)
+
+
+def _copy_run(w: World, name: str, change: Callable[[Path], None]) -> Path:
+    dst = w.tmp / "runs" / name
+    if not dst.exists():
+        shutil.copytree(w.run, dst)
+        change(dst)
+    return dst
+
+
+def _truncate(p: Path, keep: int = 60) -> None:
+    p.write_bytes(p.read_bytes()[:keep])
+
+
+T = "tiny"  # placeholder replaced by the tiny data root in argv
+
+# (id, argv builder, exit code, text that stderr (rc 2) or the data check JSON (rc 0) must hold)
+CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
+    # ---- datasets: unusable roots and splits
+    ("missing root", lambda w: ["data", "check", str(w.tmp / "nope")], 2, "does not exist; create one with"),
+    ("root is a file", lambda w: ["data", "check", str(w.file("root.txt", "x"))], 2, "is not a folder"),
+    (
+        "unknown layout",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("empty", lambda r: [shutil.rmtree(d) for d in r.iterdir() if d.is_dir()])),
+        ],
+        2,
+        "matches no known dataset format",
+    ),  # noqa: E501
+    (
+        "no videos",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "novideo", lambda r: [shutil.rmtree(d) for d in (r / "processed_frames2").iterdir() if d.is_dir()]
+                )
+            ),
+        ],
+        2,
+        "no videos found under",
+    ),  # noqa: E501
+    ("missing test subject", lambda w: ["data", "check", T, "--test", "S9"], 2, "subject(s) S9 not found"),
+    (
+        "train and test overlap",
+        lambda w: ["data", "check", T, "--train", "S1,S2", "--test", "S2"],
+        2,
+        "are in both data.gtea61.train_subjects and test_subjects",
+    ),  # noqa: E501
+    (
+        "layout forced wrong",
+        lambda w: ["data", "check", T, "data.format=egornn"],
+        2,
+        "looks like the 'gtea61' layout, but data.layout is 'egornn'",
+    ),  # noqa: E501
+    ("unknown format", lambda w: ["data", "check", T, "data.format=epic"], 2, "unknown dataset format 'epic'"),
+    # ---- datasets: problems fpar works around, reported by data check
+    (
+        "empty class folder",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("emptyclass", lambda r: (r / "processed_frames2" / "S1" / "wave_hand").mkdir())),
+            "--json",
+        ],
+        0,
+        "empty_class",
+    ),  # noqa: E501
+    (
+        "truncated png",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("trunc", lambda r: _truncate(_first(r, "processed_frames2/S1/*/*/rgb/rgb0002.png")))),
+            "--json",
+        ],
+        0,
+        "truncated or not an image",
+    ),  # noqa: E501
+    (
+        "zero-byte png",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("zero", lambda r: _first(r, "processed_frames2/S3/*/*/rgb/rgb0002.png").write_bytes(b""))),
+            "--json",
+        ],
+        0,
+        "unreadable_image",
+    ),  # noqa: E501
+    (
+        "non-image file named png",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("text", lambda r: _first(r, "processed_frames2/S4/*/*/rgb/rgb0003.png").write_text("hello"))),
+            "--json",
+        ],
+        0,
+        "cannot be decoded",
+    ),  # noqa: E501
+    (
+        "stray file",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("stray", lambda r: (_first(r, "processed_frames2/S1/*/*/rgb") / "notes.txt").write_text("x"))),
+            "--json",
+        ],
+        0,
+        "stray_file",
+    ),  # noqa: E501
+    (
+        "colour flow",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "colour",
+                    lambda r: cv2.imwrite(
+                        str(_first(r, "flow_x_processed/S1/*/*/flow_x_00001.png")),
+                        np.dstack(
+                            [
+                                np.zeros((64, 114), np.uint8),
+                                np.full((64, 114), 255, np.uint8),
+                                np.zeros((64, 114), np.uint8),
+                            ]
+                        ),
+                    ),
+                )
+            ),
+            "--json",
+        ],
+        0,
+        "colour_flow",
+    ),  # noqa: E501
+    (
+        "16-bit flow",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "flow16",
+                    lambda r: cv2.imwrite(
+                        str(_first(r, "flow_y_processed/S1/*/*/flow_y_00001.png")), np.full((64, 114), 30000, np.uint16)
+                    ),
+                )
+            ),
+            "--json",
+        ],
+        0,
+        "uint16 pixels",
+    ),  # noqa: E501
+    (
+        "missing flow for a video",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("noflow", lambda r: shutil.rmtree(_first(r, "flow_x_processed/S1/*/*")))),
+            "--json",
+        ],
+        0,
+        "no flow_x or flow_y frames",
+    ),  # noqa: E501
+    (
+        "fewer flows than frames",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "fewflows",
+                    lambda r: [p.unlink() for p in sorted(_first(r, "flow_x_processed/S3/*/*").glob("*.png"))[2:]],
+                )
+            ),
+            "--json",
+        ],
+        0,
+        "count_mismatch",
+    ),  # noqa: E501
+    (
+        "fewer than 5 flows",
+        lambda w: ["data", "check", T, "--json", "--flow-stack", "50"],
+        0,
+        "the last flow is repeated",
+    ),  # noqa: E501
+    ("video shorter than T", lambda w: ["data", "check", T, "--json", "--frames", "40"], 0, "frames are repeated"),
+    (
+        "class only in the test split",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "testonly",
+                    lambda r: shutil.copytree(
+                        _first(r, "processed_frames2/S2/*"), r / "processed_frames2" / "S2" / "wave_hand"
+                    ),
+                )
+            ),
+            "--json",
+        ],
+        0,
+        "class_one_split",
+    ),  # noqa: E501
+    (
+        "missing motion map",
+        lambda w: [
+            "data",
+            "check",
+            str(w.data("nomap", lambda r: _first(r, "processed_frames2/S1/*/*/mmaps/map0003.png").unlink())),
+            "--json",
+        ],
+        0,
+        "missing_mmap",
+    ),  # noqa: E501
+    ("hidden and duplicate files", lambda w: ["data", "check", T, "--json"], 0, "duplicate_file"),
+    (
+        "names with spaces and commas",
+        lambda w: [
+            "data",
+            "check",
+            str(
+                w.data(
+                    "spaces",
+                    lambda r: _first(r, "processed_frames2/S1/*").rename(
+                        r / "processed_frames2" / "S1" / "pour water, cup"
+                    ),
+                )
+            ),
+            "--json",
+        ],
+        0,
+        "pour water, cup",
+    ),  # noqa: E501
+    # ---- configs
+    ("unknown key", lambda w: ["train", "optim.lrr=1"], 2, "unknown config key 'optim.lrr'"),
+    ("unknown key in old spelling", lambda w: ["train", "model.ms.layr=conv3"], 2, "did you mean 'model.ms.layer'"),
+    ("wrong type", lambda w: ["train", "data.frames=abc"], 2, "'data.frames' in the command line expects an integer"),
+    ("bool expected", lambda w: ["train", "model.ego_rnn.cam=maybe"], 2, "expects true or false"),
+    ("list expected", lambda w: ["train", "sched.milestones={a: 1}"], 2, "expects a list"),
+    ("out of range", lambda w: ["train", "model.dropout=1.5"], 2, "'model.dropout' must be in [0, 1)"),
+    ("frames 0", lambda w: ["train", "data.frames=0"], 2, "data.frames and data.flow_stack must be at least 1"),
+    ("input size too small", lambda w: ["train", "data.input_size=8"], 2, "data.input_size must be at least 32"),
+    ("not key=value", lambda w: ["train", T, "lr0.1"], 2, "override 'lr0.1' is not key=value"),
+    ("missing config file", lambda w: ["train", str(w.tmp / "nope.yaml")], 2, "not found; give a YAML file"),
+    (
+        "yaml syntax error",
+        lambda w: ["train", str(w.file("syn.yaml", "model: {name: [\n"))],
+        2,
+        "is not valid YAML at line",
+    ),  # noqa: E501
+    (
+        "yaml list",
+        lambda w: ["train", str(w.file("list.yaml", "- a\n- b\n"))],
+        2,
+        "must hold a mapping of keys, got list",
+    ),  # noqa: E501
+    ("binary config", lambda w: ["train", str(w.file("bin.yaml", bytes(range(256))))], 2, "is not a text file"),
+    (
+        "missing extends target",
+        lambda w: ["train", str(w.file("ext.yaml", "extends: nope.yaml\n"))],
+        2,
+        "nope.yaml not found",
+    ),  # noqa: E501
+    (
+        "extends cycle",
+        lambda w: ["train", str(w.file("cyc.yaml", "extends: cyc.yaml\n"))],
+        2,
+        "extends itself in a cycle",
+    ),  # noqa: E501
+    (
+        "bad interpolation",
+        lambda w: ["train", str(w.file("interp.yaml", "name: run_${nope}\n"))],
+        2,
+        "Interpolation key 'nope' not found",
+    ),
+    (
+        "missing data root",
+        lambda w: ["train", T, f"data.root={w.tmp / 'nodata'}"],
+        2,
+        "does not exist; create one with",
+    ),
+    ("unknown model", lambda w: ["train", "model.name=ego_rn"], 2, "did you mean 'ego_rnn'"),
+    (
+        "bad regex",
+        lambda w: ["train", T, "train.trainable=[(]", f"out={w.tmp / 'o1'}"],
+        2,
+        "is not a valid regular expression",
+    ),  # noqa: E501
+    (
+        "pattern matching nothing",
+        lambda w: ["train", T, "train.trainable=[^nothing]", f"out={w.tmp / 'o2'}"],
+        2,
+        "match no parameter of this model",
+    ),  # noqa: E501
+    ("bad optim group", lambda w: ["train", T, "optim.groups=[{pattern: x}]"], 2, "each optim.groups entry is"),
+    ("cuda unavailable", lambda w: ["train", T, "train.device=cuda"], 2, "CUDA is not available here"),
+    (
+        "val split empties training",
+        lambda w: ["train", T, "data.select_on=val", "data.val_fraction=0.99", f"out={w.tmp / 'o3'}"],
+        2,
+        "leaves no training videos",
+    ),  # noqa: E501
+    (
+        "two-stream without runs",
+        lambda w: ["train", T, "model.name=two_stream", f"out={w.tmp / 'o4'}"],
+        2,
+        "needs model.two_stream.rgb_run=RUN",
+    ),  # noqa: E501
+    (
+        "init.from another model",
+        lambda w: ["train", T, f"init.from={w.flow_run}", f"out={w.tmp / 'o5'}"],
+        2,
+        "is a run of model 'flow_resnet'",
+    ),  # noqa: E501
+    (
+        "init.from missing",
+        lambda w: ["train", T, f"init.from={w.tmp / 'none'}", f"out={w.tmp / 'o6'}"],
+        2,
+        "init.from:",
+    ),  # noqa: E501
+    (
+        "corrupt pretrained file",
+        lambda w: ["train", T, f"model.pretrained={w.file('w.pt', b'junk')}", f"out={w.tmp / 'o7'}"],
+        2,
+        "give a plain state dict",
+    ),  # noqa: E501
+    (
+        "resume of a folder that is no run",
+        lambda w: ["train", "--resume", str(w.tmp / "files")],
+        2,
+        "is not a run folder (no config.yaml)",
+    ),  # noqa: E501
+    ("resume changing the run", lambda w: ["train", "--resume", str(w.run), "optim.lr=1"], 2, "would change it"),
+    # ---- checkpoints
+    ("missing run folder", lambda w: ["eval", str(w.tmp / "norun")], 2, "not found; give a run folder"),
+    (
+        "truncated checkpoint",
+        lambda w: ["eval", str(w.file("trunc.pt", (w.run / "best.pt").read_bytes()[:1000]))],
+        2,
+        "it is corrupt or not an fpar checkpoint",
+    ),  # noqa: E501
+    (
+        "pickle that would run code",
+        lambda w: ["eval", str(_evil_checkpoint(w))],
+        2,
+        "it is corrupt or not an fpar checkpoint",
+    ),  # noqa: E501
+    (
+        "weights-only file as a run",
+        lambda w: ["eval", str(w.file("sd.pt", _state_dict_bytes()))],
+        2,
+        "weights-only files go to model.pretrained",
+    ),  # noqa: E501
+    (
+        "dataset with other classes",
+        lambda w: ["eval", str(w.run), "--data", str(_with_classes_changed(w))],
+        2,
+        "(new: grab_cup; missing: take_cup) other than the",
+    ),  # noqa: E501
+    (
+        "another run's last.pt",
+        lambda w: [
+            "train",
+            "--resume",
+            str(
+                _copy_run(
+                    w,
+                    "foreign",
+                    lambda d: (shutil.copy(w.flow_run / "last.pt", d / "last.pt"), (d / "summary.json").unlink()),
+                )
+            ),
+        ],
+        2,
+        "does not belong to this run folder",
+    ),  # noqa: E501
+    ("unknown export format", lambda w: ["export", str(w.run), "--format", "nope"], 2, "unknown export format 'nope'"),  # noqa: E501
+    (
+        "export frames for a flow model",
+        lambda w: ["export", str(w.flow_run), "--frames", "5"],
+        2,
+        "applies to Ego-RNN models only",
+    ),  # noqa: E501
+    (
+        "fuse with swapped runs",
+        lambda w: ["fuse", str(w.flow_run), str(w.run)],
+        2,
+        "takes the RGB run first and the flow run second",
+    ),  # noqa: E501
+    ("cam of a flow model", lambda w: ["cam", str(w.flow_run), "S2/take_cup/1"], 2, "no CAM attention map"),
+    ("cam of an unknown video", lambda w: ["cam", str(w.run), "S2/nope/1"], 2, "nope"),
+    # ---- videos
+    (
+        "missing video",
+        lambda w: ["predict", str(w.run), str(w.tmp / "none.mp4")],
+        2,
+        "video file or frame folder not found",
+    ),  # noqa: E501
+    ("empty video file", lambda w: ["predict", str(w.run), str(w.file("empty.mp4", b""))], 2, "cannot open video"),
+    (
+        "corrupt video",
+        lambda w: ["predict", str(w.run), str(w.file("corrupt.avi", REAL_VIDEO.read_bytes()[:5000]))],
+        2,
+        "cannot open video",
+    ),  # noqa: E501
+    ("audio-only file", lambda w: ["predict", str(w.run), str(_audio_only(w))], 2, "has no video stream"),
+    (
+        "one-frame video for a flow model",
+        lambda w: ["predict", str(w.flow_run), str(_video(w, "one.mp4", 1))],
+        2,
+        "needs at least 3 frames",
+    ),  # noqa: E501
+    (
+        "empty frame folder",
+        lambda w: ["predict", str(w.run), str((w.tmp / "emptydir").mkdir() or w.tmp / "emptydir")],
+        2,
+        "no image files in frame folder",
+    ),  # noqa: E501
+    ("bad --top", lambda w: ["predict", str(w.run), str(REAL_VIDEO), "--top", "0"], 2, "top=0 must be >= 1"),
+    (
+        "bad --flow",
+        lambda w: ["predict", str(w.flow_run), str(REAL_VIDEO), "--flow", "magic"],
+        2,
+        "unknown flow method 'magic'",
+    ),  # noqa: E501
+]
+
+
+def _state_dict_bytes() -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"conv1.weight": torch.zeros(1)}, buf)
+    return buf.getvalue()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_corpus_has_at_least_sixty_kinds():
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, world, capsys):
+    name, build, rc, text = case
+    argv = [str(world.tiny) if a == T else a for a in build(world)]
+    if argv[:2] == ["train", str(world.tiny)]:  # "train T ...": the tiny data's settings, then the bad one
+        argv = ["train", *tiny_args(world.tiny), *argv[2:]]
+    elif argv[0] == "train" and "--resume" not in argv and not argv[1].endswith(".yaml"):
+        if not any(a.startswith("data.root=") for a in argv):
+            argv = ["train", *tiny_args(world.tiny), *argv[1:]]
+    if argv[0] == "train" and "--resume" not in argv and not any(a.startswith("out=") for a in argv):
+        argv.append(f"out={world.tmp / 'out' / name.replace(' ', '_')}")  # never the current folder
+    before = {**_snapshot(world.tmp / "runs"), **_snapshot(world.tiny)}
+    capsys.readouterr()
+    got = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    if rc == 2:
+        assert got == 2, (argv, out, err)
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert text in err, err
+    else:
+        assert got == 0, (argv, err)
+        report = json.loads(out)
+        problems = json.dumps(report["problems"])
+        assert text in problems or text in json.dumps(report["classes"]), problems[:2000]
+        assert all(not Path(p["path"]).is_absolute() for p in report["problems"])
+    after = {**_snapshot(world.tmp / "runs"), **_snapshot(world.tiny)}
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed was changed

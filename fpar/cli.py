@@ -618,8 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
             where = e.filename or "a file"
             typer.echo(
-                f"error: cannot write {where} ({e.strerror}); free some space, fix the folder's permissions or "
-                "choose another output folder (files already written are intact)",
+                f"error: cannot use {where} ({e.strerror}); free some space, fix its permissions or choose another "
+                "folder (files already written are intact)",
                 err=True,
             )
             return FparError.exit_code

@@ -41,12 +41,12 @@ def main() -> int:
         bad = 0
         for point in a.points.split(","):
             out = tmp / point.replace(":", "_")
-            done = kill_and_resume(root, out, point)
-            w, rows = outcome(out) if done.returncode == 0 else (None, None)
+            rc, err = kill_and_resume(root, out, point, in_process=False)
+            w, rows = outcome(out) if rc == 0 else (None, None)
             ok = w is not None and all(torch.equal(w[k], ref_w[k]) for k in ref_w) and rows == ref_rows
             ok = ok and not list(out.glob(".*.tmp"))
             bad += not ok
-            print(f"{point:<20} {'identical' if ok else 'DIFFERENT: ' + done.stderr[-300:]}")
+            print(f"{point:<20} {'identical' if ok else 'DIFFERENT: ' + err[-300:]}")
     print(f"{len(a.points.split(',')) - bad} identical, {bad} different")
     return 1 if bad else 0
 

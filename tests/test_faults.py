@@ -18,6 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CI_POINTS = ["batch:3", "eval:2", "tmp_written:5", "metrics_appended:2"]
 
 
+def finish(args: list[str]) -> tuple[int, str]:
+    """Run the finishing command in this process (the kill needs a process of its own; the resume does not)."""
+    import contextlib
+    import io
+
+    from fpar.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(args)
+    return rc, err.getvalue()
+
+
 def fpar(args: list[str], fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("FPAR_FAULT", None)
@@ -38,29 +51,31 @@ def outcome(run: Path) -> tuple[dict, list[dict]]:
     return weights, rows
 
 
-def kill_and_resume(root: Path, out: Path, point: str) -> subprocess.CompletedProcess:
+def kill_and_resume(root: Path, out: Path, point: str, *, in_process: bool = True) -> tuple[int, str]:
     """Train until the fault kills the process, then continue the way a user would: --resume when last.pt exists,
-    else the same train command again. Returns the finishing command's result."""
+    else the same train command again. Returns the finishing command's exit code and stderr."""
     killed = fpar(train_args(root, out), fault=point)
     assert killed.returncode == -9, f"{point}: the fault did not fire ({killed.returncode}): {killed.stderr[-500:]}"
-    if (out / "last.pt").exists():
-        return fpar(["train", "--resume", str(out), "--quiet"])
-    return fpar(train_args(root, out))
+    args = ["train", "--resume", str(out), "--quiet"] if (out / "last.pt").exists() else train_args(root, out)
+    if in_process:
+        return finish(args)
+    r = fpar(args)
+    return r.returncode, r.stderr
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "uninterrupted"
-    r = fpar(train_args(tiny_root, out))
-    assert r.returncode == 0, r.stderr
+    rc, err = finish(train_args(tiny_root, out))
+    assert rc == 0, err
     return outcome(out)
 
 
 @pytest.mark.parametrize("point", CI_POINTS)
 def test_killed_training_resumes_bit_identical(point, tiny_root, tmp_path, reference):
     out = tmp_path / "run"
-    done = kill_and_resume(tiny_root, out, point)
-    assert done.returncode == 0, done.stderr[-2000:]
+    rc, err = kill_and_resume(tiny_root, out, point)
+    assert rc == 0, err[-2000:]
     weights, rows = outcome(out)
     ref_w, ref_rows = reference
     assert all(torch.equal(weights[k], ref_w[k]) for k in ref_w)

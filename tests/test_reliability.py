@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import stat
 import subprocess
@@ -231,13 +232,13 @@ def test_a_truncated_png_in_a_worker_is_one_line_with_its_path(tiny_root, tmp_pa
 
 
 def test_report_skips_a_corrupt_summary_naming_it(tiny_root, tmp_path, caplog):
-    from fpar.experiments.report import make_report
+    from fpar.experiments.report import load_run_data
 
     run = tmp_path / "runs" / "r"
-    train(_cfg(tiny_root, run), log=lambda m: None)
+    run.mkdir(parents=True)
     (run / "summary.json").write_text("{not json")
     with caplog.at_level("WARNING"):
-        make_report([str(run)], tmp_path / "rep")
+        assert load_run_data(run).summary is None  # what `fpar report` reads for every run folder
     assert f"skipped {run / 'summary.json'}: it is not valid JSON" in caplog.text
 
 
@@ -333,30 +334,49 @@ def test_read_only_output_folders_are_one_line_errors(tiny_root, tmp_path):
     (ro / "keep.txt").write_text("mine")
     ro.chmod(0o555)
     video = Path(sorted(tiny_root.glob("processed_frames2/S2/*/*"))[0])
+    shut = _copy_tiny(tiny_root, tmp_path)
+    (shut / "processed_frames2" / "S3").chmod(0)  # an unreadable subject folder
     t = " ".join(tiny_args(tiny_root))
     cases = {
         f"train {t} out={ro}/run": f"cannot create the run folder {ro}/run (Permission denied)",
-        f"train {t} out={ro}": f"cannot write {ro}/.fpar.lock (Permission denied)",
+        f"train {t} out={ro}": f"cannot use {ro}/.fpar.lock (Permission denied)",
         f"export {run} --out {ro}/m.pt2 --format torch-export": f"cannot write {ro}/m.pt2 (Permission denied)",
-        f"report {run} --out {ro}/rep": f"cannot write {ro}/rep (Permission denied)",
-        f"predict {run} {video} --cam {ro}/cams": f"cannot write {ro}/cams (Permission denied)",
-        f"data synth {ro}/ds --preset tiny": f"cannot write {ro}/ds.partial (Permission denied)",
+        f"report {run} --out {ro}/rep": f"cannot use {ro}/rep (Permission denied)",
+        f"predict {run} {video} --cam {ro}/cams": f"cannot use {ro}/cams (Permission denied)",
+        f"data synth {ro}/ds --preset tiny": f"cannot use {ro}/ds.partial (Permission denied)",
+        f"data check {shut}": "subject(s) S3 not found",
     }
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FPAR_THREADS": "1"}
+    # one process without the capabilities runs every command through the CLI and reports (rc, stderr) per command
+    driver = (
+        "import contextlib, io, json, shlex, sys\n"
+        "from fpar.cli import main\n"
+        "out = {}\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        rc = main(shlex.split(args))\n"
+        "    out[args] = [rc, err.getvalue()]\n"
+        "print(json.dumps(out))\n"
+    )
     try:
+        cmd = f"{sys.executable} -c {shlex.quote(driver)} {shlex.quote(json.dumps(list(cases)))}"
+        r = subprocess.run(
+            [str(CAPSH), "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = json.loads(r.stdout.strip().splitlines()[-1])
         for args, message in cases.items():
-            cmd = f"{sys.executable} -m fpar {args}"
-            r = subprocess.run(
-                [str(CAPSH), "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=240,
-            )
-            assert r.returncode == 2, (args, r.stderr)
-            assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+            rc, err = got[args]
+            assert rc == 2, (args, err)
+            assert err.count("\n") == 1 and message in err and "Traceback" not in err, (args, err)
     finally:
         ro.chmod(0o755)
+        (shut / "processed_frames2" / "S3").chmod(0o755)
     assert sorted(p.name for p in ro.iterdir()) == ["keep.txt"] and (ro / "keep.txt").read_text() == "mine"
 
 

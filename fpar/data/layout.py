@@ -58,6 +58,9 @@ def _list_numbered(folder: Path, prefix: str, root: Path, problems: list[Problem
         return out
     except NotADirectoryError:
         return out
+    except PermissionError:
+        problems.append(_unreadable(folder, root))
+        return out
     for e in entries:
         rel = os.path.relpath(e.path, root)
         if _is_hidden(e.name):
@@ -82,6 +85,9 @@ def _subdirs(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:
         entries = sorted(os.scandir(folder), key=lambda e: _natural_key(e.name))
     except (FileNotFoundError, NotADirectoryError):
         return out
+    except PermissionError:
+        problems.append(_unreadable(folder, root))
+        return out
     for e in entries:
         if _is_hidden(e.name):
             problems.append(Problem("hidden_file", os.path.relpath(e.path, root), "hidden entry ignored"))
@@ -91,6 +97,11 @@ def _subdirs(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:
         else:
             problems.append(Problem("stray_file", os.path.relpath(e.path, root), "unexpected file ignored"))
     return out
+
+
+def _unreadable(folder: Path, root: Path) -> Problem:
+    rel = os.path.relpath(folder, root)
+    return Problem("unreadable_folder", rel, "cannot be read (permission denied): skipped; fix its permissions", True)
 
 
 def _natural_key(s: str) -> list:

@@ -150,6 +150,12 @@ def _prepare_sqlite(path: Path, name: str, log=logger.warning) -> None:
     _create_sqlite(path, name)
 
 
+def _transient(e: Exception) -> bool:
+    """A database error worth one more try (a concurrent schema creation, a dropped connection)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"IntegrityError", "OperationalError", "DuplicatedStudyError", "StorageInternalError"})
+
+
 def _redact(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
@@ -168,17 +174,25 @@ class Ledger:
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
             if url.startswith("sqlite:///"):
                 _prepare_sqlite(Path(url[len("sqlite:///") :]), name)
-        try:
-            storage = optuna.storages.RDBStorage(url, **kwargs)
-            self.study = optuna.create_study(
-                storage=storage,
-                study_name=name,
-                direction="maximize",
-                load_if_exists=True,
-                sampler=optuna.samplers.RandomSampler(seed=0),
-            )
-        except Exception as e:  # bad URL, unreachable server, missing driver
-            raise FparError(f"cannot open the sweep storage {_redact(url)} ({type(e).__name__}: {e})") from None
+        attempts = 1 if url.startswith("sqlite") else 4
+        for attempt in range(attempts):
+            try:
+                storage = optuna.storages.RDBStorage(url, **kwargs)
+                self.study = optuna.create_study(
+                    storage=storage,
+                    study_name=name,
+                    direction="maximize",
+                    load_if_exists=True,
+                    sampler=optuna.samplers.RandomSampler(seed=0),
+                )
+                break
+            except Exception as e:  # bad URL, unreachable server, missing driver, or a race on the schema
+                # Several machines starting one sweep on a fresh server race to create its tables (and the study):
+                # the losers fail on a duplicate; a short wait and a second look finds the winner's schema.
+                if attempt + 1 < attempts and _transient(e):
+                    time.sleep(0.5 * 2**attempt)
+                    continue
+                raise FparError(f"cannot open the sweep storage {_redact(url)} ({type(e).__name__}: {e})") from None
         self.lock = threading.RLock()
 
     def attempts(self) -> dict[str, list[Any]]:

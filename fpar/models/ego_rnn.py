@@ -38,7 +38,7 @@ from .heads import ActionHead, MotionSegmentationHead, StaticDynamicHead, make_c
 from .layers.attention import cam_attention
 from .layers.conv_lstm import ConvLSTMCell
 from .layers.rep_flow import RepresentationFlow
-from .outputs import LossTerm, ModelOutput
+from .outputs import LogitsOnly, LossTerm, ModelOutput
 
 # --------------------------------------------------------------------------------------------------------------
 # Config block: model.ego_rnn.*
@@ -376,17 +376,6 @@ def _forward(model: EgoRNN, batch: dict, train: bool) -> ModelOutput:
     return model(batch["rgb"], static_idx=static_idx, with_ms=train and model.ms_head is not None)
 
 
-class _Logits(nn.Module):
-    """Inference path for export: clip (B, T, 3, S, S) -> logits (B, classes)."""
-
-    def __init__(self, m: EgoRNN):
-        super().__init__()
-        self.model = m
-
-    def forward(self, clip: Tensor) -> Tensor:
-        return self.model(clip, with_ms=False).logits
-
-
 def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:
     t = int(frames) if frames is not None else cfg.data.frames
     min_t = 2 if model.repflow is not None else 1
@@ -397,7 +386,7 @@ def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:
     m.disc = None
     size = cfg.data.input_size
     return ExportPlan(
-        module=_Logits(m).eval(),
+        module=LogitsOnly(m).eval(),
         input_name="clip",
         shape=[1, t, 3, size, size],
         layout="(batch, T, 3, S, S): T RGB frames (R, G, B channels), (x / 255 - rgb_mean) / rgb_std",

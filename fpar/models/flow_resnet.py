@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..registry import ExportPlan, ModelSpec, register_model_spec
 from .backbone import ResNetTrunk, build_trunk
 from .heads import ActionHead, make_classifier
-from .outputs import LossTerm, ModelOutput
+from .outputs import LogitsOnly, LossTerm, ModelOutput
 
 
 class FlowResNet(nn.Module):
@@ -90,15 +90,6 @@ def _build(ctx) -> FlowResNet:
     )
 
 
-class _Logits(nn.Module):
-    def __init__(self, m: FlowResNet):
-        super().__init__()
-        self.model = m
-
-    def forward(self, flow: Tensor) -> Tensor:  # (B, 2L, S, S) -> (B, classes)
-        return self.model(flow).logits
-
-
 def _export(model: FlowResNet, cfg, frames: int | None) -> ExportPlan:
     from ..errors import FparError
 
@@ -109,7 +100,7 @@ def _export(model: FlowResNet, cfg, frames: int | None) -> ExportPlan:
         )
     size = cfg.data.input_size
     return ExportPlan(
-        module=_Logits(copy.deepcopy(model).eval()).eval(),
+        module=LogitsOnly(copy.deepcopy(model).eval()).eval(),
         input_name="flow",
         shape=[1, model.stack_channels, size, size],
         layout=(

@@ -50,7 +50,7 @@ from .backbone import ResNetTrunk, build_trunk, resolve_backbone_classes
 from .heads import ActionHead, make_classifier
 from .layers.conv_lstm import ConvLSTMCell
 from .layers.lsta_cell import LSTACell
-from .outputs import LossTerm, ModelOutput
+from .outputs import LogitsOnly, LossTerm, ModelOutput
 
 # --------------------------------------------------------------------------------------------------------------
 # RGB
@@ -398,22 +398,13 @@ def _configure_two_stream(cfg, stream_cfgs: dict) -> None:
     cfg.data.flow_stack = stream_cfgs["flow"].data.flow_stack
 
 
-class _Logits(nn.Module):
-    def __init__(self, m: LSTA):
-        super().__init__()
-        self.model = m
-
-    def forward(self, clip: Tensor) -> Tensor:  # (B, T, 3, S, S) -> (B, classes)
-        return self.model(clip).logits
-
-
 def _export_rgb(model: LSTA, cfg, frames: int | None) -> ExportPlan:
     t = int(frames) if frames is not None else cfg.data.frames
     if t < 1:
         raise FparError(f"frames={t}: LSTA needs at least one frame per clip")
     size = cfg.data.input_size
     return ExportPlan(
-        module=_Logits(copy.deepcopy(model).eval()).eval(),
+        module=LogitsOnly(copy.deepcopy(model).eval()).eval(),
         input_name="clip",
         shape=[1, t, 3, size, size],
         layout="(batch, T, 3, S, S): T RGB frames (R, G, B channels), (x / 255 - rgb_mean) / rgb_std",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -48,3 +48,14 @@ class LossTerm:
     value: Tensor
     weight: float = 1.0
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+class LogitsOnly(nn.Module):
+    """The inference path of a model for export: one input tensor -> its logits (B, classes), nothing else."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x).logits

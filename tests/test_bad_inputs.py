@@ -118,6 +118,15 @@ def _copy_run(w: World, name: str, change: Callable[[Path], None]) -> Path:
     return dst
 
 
+def _one_frame_bigger(root: Path) -> None:
+    cv2.imwrite(str(_first(root, "processed_frames2/S1/*/*/rgb/rgb0002.png")), np.zeros((80, 150, 3), np.uint8))
+
+
+def _every_second_frame_bigger(root: Path) -> None:
+    for f in root.glob("processed_frames2/S*/*/*/rgb/rgb0002.png"):
+        cv2.imwrite(str(f), np.zeros((80, 150, 3), np.uint8))
+
+
 def _truncate(p: Path, keep: int = 60) -> None:
     p.write_bytes(p.read_bytes()[:keep])
 
@@ -330,6 +339,18 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         "missing_mmap",
     ),  # noqa: E501
     ("hidden and duplicate files", lambda w: ["data", "check", T, "--json"], 0, "duplicate_file"),
+    (
+        "frames of different sizes",
+        lambda w: ["data", "check", str(w.data("sizes", _one_frame_bigger)), "--json"],
+        0,
+        "mixed_sizes",
+    ),
+    (
+        "frames of different sizes in training",
+        lambda w: ["train", T, f"data.root={w.data('sizes2', _every_second_frame_bigger)}", "data.frames=8"],
+        2,
+        "the frames of one video must share one size",
+    ),
     (
         "names with spaces and commas",
         lambda w: [

@@ -50,13 +50,20 @@ def check_dataset(
                 (v.flow_y, read_grey),
                 (sorted(set(v.mmaps)), read_mmap),
             ):
+                sizes: dict[tuple[int, int], str] = {}  # per modality: one crop box is drawn per modality and clip
                 for p in paths:
                     try:
-                        reader(p)
+                        sizes.setdefault(reader(p).shape[:2], p)
                     except ImageError as e:
                         why = str(e).replace(f"{p} ", "")  # the problem names the file already
                         problems.append(Problem(e.kind, os.path.relpath(p, manifest.root), why, True))
                         v.usable = False
+                if len(sizes) > 1:
+                    (h0, w0), (h1, w1) = list(sizes)[:2]
+                    odd = os.path.relpath(list(sizes.values())[1], manifest.root)
+                    msg = f"is {w1}x{h1} but the first image of its kind in this video is {w0}x{h0}: re-extract it"
+                    problems.append(Problem("mixed_sizes", odd, msg, True))
+                    v.usable = False
     usable = [v for v in manifest.videos if v.usable]
     frame_counts = [v.num_frames for v in usable] or [0]
     by_split = {

@@ -85,9 +85,9 @@ class ClipDataset(Dataset):
             item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
         if "rgb" in self.modalities:
-            item["rgb"] = transform_rgb([read_rgb(v.rgb[k]) for k in frame_idx], p, **kw)
+            item["rgb"] = transform_rgb(_read_all(read_rgb, [v.rgb[k] for k in frame_idx]), p, **kw)
         if "mmaps" in self.modalities:
-            item["mmaps"] = transform_mmaps([read_mmap(v.mmaps[k]) for k in frame_idx], p, **kw)
+            item["mmaps"] = transform_mmaps(_read_all(read_mmap, [v.mmaps[k] for k in frame_idx]), p, **kw)
         if "flow" in self.modalities:
             m, L = v.num_flows, cfg.flow_stack
             if self.train or cfg.flow_stacks_test <= 1:
@@ -97,8 +97,8 @@ class ClipDataset(Dataset):
             stacks = []
             for s in starts:
                 idx = stack_indices(s, L, m)
-                fx = [read_grey(v.flow_x[k]) for k in idx]
-                fy = [read_grey(v.flow_y[k]) for k in idx]
+                fx = _read_all(read_grey, [v.flow_x[k] for k in idx])
+                fy = _read_all(read_grey, [v.flow_y[k] for k in idx])
                 stacks.append(transform_flow(fx, fy, p, **kw))
             item["flow"] = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L,S,S) or (K,2L,S,S)
         if "flow_seq" in self.modalities:
@@ -106,12 +106,25 @@ class ClipDataset(Dataset):
             seq = []
             for s in centred_stack_starts(frame_idx, m, L):
                 idx = stack_indices(s, L, m)
-                fx = [read_grey(v.flow_x[k]) for k in idx]
-                fy = [read_grey(v.flow_y[k]) for k in idx]
+                fx = _read_all(read_grey, [v.flow_x[k] for k in idx])
+                fy = _read_all(read_grey, [v.flow_y[k] for k in idx])
                 seq.append(transform_flow(fx, fy, p, **kw))
             item["flow_seq"] = torch.stack(seq)  # (T, 2L, S, S): the crop and flip of the RGB frames
         item["static_idx"] = int(rng.integers(cfg.frames))
         return item
+
+
+def _read_all(reader, paths: list[str]) -> list:
+    """Decode the images of one clip; they must share one size (one crop box is drawn for the clip)."""
+    images = [reader(p) for p in paths]
+    first = images[0].shape[:2]
+    for path, img in zip(paths, images):
+        if img.shape[:2] != first:
+            raise FparError(
+                f"{path} is {img.shape[1]}x{img.shape[0]} but {paths[0]} is {first[1]}x{first[0]}: the frames of one "
+                "video must share one size; re-extract the video's frames (fpar prepare writes one size)"
+            )
+    return images
 
 
 @dataclass

@@ -184,6 +184,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
             "check",
             str(w.data("emptyclass", lambda r: (r / "processed_frames2" / "S1" / "wave_hand").mkdir())),
             "--json",
+            "--no-decode",
         ],
         0,
         "empty_class",
@@ -228,6 +229,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
             "check",
             str(w.data("stray", lambda r: (_first(r, "processed_frames2/S1/*/*/rgb") / "notes.txt").write_text("x"))),
             "--json",
+            "--no-decode",
         ],
         0,
         "stray_file",
@@ -282,6 +284,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
             "check",
             str(w.data("noflow", lambda r: shutil.rmtree(_first(r, "flow_x_processed/S1/*/*")))),
             "--json",
+            "--no-decode",
         ],
         0,
         "no flow_x or flow_y frames",
@@ -298,17 +301,23 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
                 )
             ),
             "--json",
+            "--no-decode",
         ],
         0,
         "count_mismatch",
     ),  # noqa: E501
     (
         "fewer than 5 flows",
-        lambda w: ["data", "check", T, "--json", "--flow-stack", "50"],
+        lambda w: ["data", "check", T, "--json", "--no-decode", "--flow-stack", "50"],
         0,
         "the last flow is repeated",
     ),  # noqa: E501
-    ("video shorter than T", lambda w: ["data", "check", T, "--json", "--frames", "40"], 0, "frames are repeated"),
+    (
+        "video shorter than T",
+        lambda w: ["data", "check", T, "--json", "--no-decode", "--frames", "40"],
+        0,
+        "frames are repeated",
+    ),
     (
         "class only in the test split",
         lambda w: [
@@ -323,6 +332,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
                 )
             ),
             "--json",
+            "--no-decode",
         ],
         0,
         "class_one_split",
@@ -334,11 +344,12 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
             "check",
             str(w.data("nomap", lambda r: _first(r, "processed_frames2/S1/*/*/mmaps/map0003.png").unlink())),
             "--json",
+            "--no-decode",
         ],
         0,
         "missing_mmap",
     ),  # noqa: E501
-    ("hidden and duplicate files", lambda w: ["data", "check", T, "--json"], 0, "duplicate_file"),
+    ("hidden and duplicate files", lambda w: ["data", "check", T, "--json", "--no-decode"], 0, "duplicate_file"),
     (
         "frames of different sizes",
         lambda w: ["data", "check", str(w.data("sizes", _one_frame_bigger)), "--json"],
@@ -365,6 +376,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
                 )
             ),
             "--json",
+            "--no-decode",
         ],
         0,
         "pour water, cup",

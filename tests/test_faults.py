@@ -1,5 +1,6 @@
 """Fault injection: a real tiny training SIGKILLed at named points (FPAR_FAULT), then resumed, ends bit-identical to
-an uninterrupted run, with no temporary or lock file left. `scripts/fault_matrix.py` runs 20 points."""
+an uninterrupted run, with no temporary or lock file left. `scripts/fault_matrix.py` runs 20 points, evaluation
+included."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from tests.conftest import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_POINTS = ["batch:3", "eval:2", "tmp_written:5", "metrics_appended:2"]
+CI_POINTS = ["batch:3", "tmp_written:5", "metrics_appended:2"]  # eval:N and 16 more: scripts/fault_matrix.py
 
 
 def finish(args: list[str]) -> tuple[int, str]:

@@ -27,9 +27,35 @@ def grey_tile(m: np.ndarray, size: int) -> np.ndarray:
     return cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
 
 
-def text_band(width: int, texts: list[tuple[int, str]], height: int = 22) -> np.ndarray:
-    """A white (height, width, 3) band with black text at the given x offsets."""
-    band = np.full((height, width, 3), 255, np.uint8)
-    for x, t in texts:
-        cv2.putText(band, t, (x + 4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+def wrapped_band(width: int, text: str, line_height: int = 18) -> np.ndarray:
+    """A white band holding ``text`` wrapped to ``width`` pixels (words kept whole; a word wider than the band is
+    cut at characters), so that labels never run off a small picture."""
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.42
+
+    def fits(t: str) -> bool:
+        return cv2.getTextSize(t, font, scale, 1)[0][0] <= width - 8
+
+    lines: list[str] = []
+    for word in text.split():
+        while not fits(word):  # one long word (a path): split it
+            k = max(1, len(word) - 1)
+            while k > 1 and not fits(word[:k]):
+                k -= 1
+            lines.append(word[:k])
+            word = word[k:]
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    band = np.full((line_height * max(len(lines), 1) + 6, width, 3), 255, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(band, line, (4, 14 + i * line_height), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return band
+
+
+def title_row(titles: list[str], col_width: int) -> np.ndarray:
+    """Column titles over tiles ``col_width`` wide, each wrapped to its column; one height for the whole row."""
+    bands = [wrapped_band(col_width, t) for t in titles]
+    h = max(b.shape[0] for b in bands)
+    bands = [np.concatenate([b, np.full((h - b.shape[0], col_width, 3), 255, np.uint8)], 0) for b in bands]
+    return np.concatenate(bands, 1)

@@ -14,7 +14,7 @@ import torch
 
 from ..data.show import find_video
 from ..data.transforms import RGB_MEAN, RGB_STD
-from ..drawing import grey_tile, overlay, text_band
+from ..drawing import grey_tile, overlay, title_row, wrapped_band
 from ..engine.run import OpenRun
 from ..errors import FparError
 from ..utils import atomic_write_bytes
@@ -52,22 +52,23 @@ def cam_figure(
     frames = [_denorm(f) for f in item["rgb"]]
     cols = {"frame": frames}
     if out_.attn is not None:
-        cols["CAM"] = [overlay(f, a.numpy()) for f, a in zip(frames, out_.attn[0])]
+        cols[f"{spec.name} attention"] = [overlay(f, a.numpy()) for f, a in zip(frames, out_.attn[0])]
     if compare is not None:
         c = compare.spec.forward(compare.model.eval(), {"rgb": batch["rgb"]}, False)
         if c.attn is not None:
-            cols["CAM (compare)"] = [overlay(f, a.numpy()) for f, a in zip(frames, c.attn[0])]
+            cols[f"{compare.spec.name} (compare)"] = [overlay(f, a.numpy()) for f, a in zip(frames, c.attn[0])]
     for title, maps in extra.items():
         cols[title] = [grey_tile(m, s) for m in maps]
     n = min(len(v) for v in cols.values())  # rep-flow: T-1 attention maps for T frames
     rows = [np.concatenate([cols[k][t] for k in cols], 1) for t in range(n)]
     sheet = np.concatenate(rows, 0)
-    head = text_band(sheet.shape[1], [(j * s, k) for j, k in enumerate(cols)])
+    head = title_row(list(cols), s)
     probs = out_.logits.softmax(1)[0]
     p, c = probs.max(0)
     truth = run.classes[int(item["label"])]
-    txt = f"{manifest.videos[idx].key}: true {truth}, predicted {run.classes[int(c)]} ({100 * float(p):.0f}%)"
-    sheet = np.concatenate([head, sheet, text_band(sheet.shape[1], [(0, txt)])], 0)
+    key = manifest.videos[idx].key
+    txt = f"{spec.name} on {key}: true {truth}, predicted {run.classes[int(c)]} ({100 * float(p):.0f}%)"
+    sheet = np.concatenate([head, sheet, wrapped_band(sheet.shape[1], txt)], 0)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     if not ok:
         raise FparError(f"could not encode the CAM figure for {video}")

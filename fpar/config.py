@@ -5,6 +5,12 @@ the data pipeline, model, optimiser, scheduler and training loop. YAML files in 
 defaults below; ``key=value`` overrides use the same dotted names (``optim.lr=1e-4``, ``init.from=runs/stage1``).
 The fully resolved config is written as ``config.yaml`` into every run folder.
 
+``model`` and ``data`` also hold the *blocks* that plug-ins register (`fpar.registry`): a model family's keys are
+``model.<family>.*`` (``model.ego_rnn.cam``), a reader's are ``data.<format>.*`` (``data.gtea61.test_subjects``).
+Keys of fpar 0.1.0 (``model.cam``, ``model.ms.layer``, ``data.train_subjects``, ``data.layout``) are aliases that the
+specs declare; `canonical_key` gives the current spelling, and every entry point (YAML, ``key=value``, grids,
+attributes, old run folders) accepts both.
+
 ``init.from`` is spelt ``from`` in YAML and on the command line but is the field ``from_`` here, because ``from``
 is a Python keyword.
 """

@@ -77,16 +77,19 @@ def data_check(
     no_decode: bool = typer.Option(False, "--no-decode", help="check names only, do not open every image"),
 ):
     """Scan a dataset: videos per split, classes, frame counts and every problem found."""
-    from .config import load_config
+    from .config import load_config, set_value, validate
     from .data.check import check_dataset, format_report
 
-    ov = [f"data.root={root}", *(overrides or [])]
-    for key, value in (("train_subjects", train_subjects), ("test_subjects", test_subjects)):
+    cfg = load_config(None, overrides or [])
+    # the options are values as typed (a root "007" or subjects "01,02" stay strings): set, not parsed as YAML
+    set_value(cfg, "data.root", root, "the command line")
+    for key, value in (("data.train_subjects", train_subjects), ("data.test_subjects", test_subjects)):
         if value is not None:
-            ov.append(f"data.{key}=[{value}]")
+            set_value(cfg, key, [s.strip() for s in value.split(",")], "the command line")
     if frames_dir is not None:
-        ov.append(f"data.frames_dir={frames_dir}")
-    r = check_dataset(load_config(None, ov).data, frames=frames, flow_stack=flow_stack, decode=not no_decode)
+        set_value(cfg, "data.frames_dir", frames_dir, "the command line")
+    validate(cfg)
+    r = check_dataset(cfg.data, frames=frames, flow_stack=flow_stack, decode=not no_decode)
     typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
     if not r["usable"]:
         why = next((p["message"] for p in r["problems"] if p["kind"] == "missing_subject"), None)

@@ -245,7 +245,7 @@ def run_reference_keys() -> set[str]:
 def _fields(cls: type) -> list[tuple[str, Any]]:
     """(name, type) of a section's keys: its dataclass fields, then its registered blocks."""
     hints = get_type_hints(cls)
-    out = [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.name != "blocks"]
+    out = [(f.name, hints[f.name]) for f in dataclasses.fields(cls)]
     return out + sorted(block_types(cls).items())
 
 
@@ -455,10 +455,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def _check_keys(d: dict[str, Any], source: str) -> None:
     known = set(valid_keys())
-    for key, _ in _flatten(d):
-        key = canonical_key(key)
+    for written, _ in _flatten(d):
+        key = canonical_key(written)
         if key not in known and not any(k.startswith(key + ".") for k in known):
-            raise _unknown_key(key, source)
+            raise _unknown_key(written, source)  # named as the file spells it
 
 
 def read_yaml_mapping(path: Path, what: str = "config file", example: str = "configs/ego_rnn_stage1.yaml") -> dict:

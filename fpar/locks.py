@@ -35,18 +35,37 @@ def default_grace() -> float:
 
 
 def read_lock(path: Path) -> dict | None:
-    """The lock's content, or None when there is none (or it is being replaced at this instant)."""
+    """The lock's content, or None when there is none, or it is not a lock fpar wrote (then `is_stale` ages it by
+    the file's modification time)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        info = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
+    if not isinstance(info, dict):
+        return None
+    try:
+        info["pid"], info["heartbeat"] = int(info.get("pid", -1)), float(info.get("heartbeat", 0))
+    except (TypeError, ValueError):
+        return None
+    return info
 
 
 def is_stale(info: dict, grace: float, now: float | None = None) -> bool:
     now = time.time() if now is None else now
-    if info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1))):
+    if info.get("host") == socket.gethostname() and not pid_alive(info["pid"]):
         return True  # its process is gone: no need to wait for the heartbeat to age
-    return now - float(info.get("heartbeat", 0)) > grace
+    return now - info["heartbeat"] > grace
+
+
+def _ident(info: dict) -> tuple:
+    return info.get("pid"), info.get("host"), info.get("heartbeat"), info.get("token")
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class FolderLock:
@@ -73,13 +92,23 @@ class FolderLock:
         )  # fmt: skip
 
     def _create(self) -> bool:
+        """Put a complete lock file in place atomically (written beside, then hard-linked: a kill never leaves an
+        empty lock). False when one exists."""
+        tmp = self.path.with_name(f"{LOCK_NAME}.{self.token.replace(':', '-')}.new")
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            tmp.write_text(self._content())
+        except OSError as e:
+            raise FparError(
+                f"cannot write in {self.folder} ({e.strerror}); fix its permissions, free some space or use another "
+                "folder"
+            ) from None
+        try:
+            os.link(tmp, self.path)
+            return True
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(self._content())
-        return True
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def acquire(self) -> FolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -88,9 +117,11 @@ class FolderLock:
                 break
             info = read_lock(self.path)
             if info is None:
-                time.sleep(0.05)  # being replaced right now
-                continue
-            if not is_stale(info, self.grace):
+                if _age(self.path) <= self.grace:
+                    time.sleep(0.05)  # being replaced right now
+                    continue
+                info = {"pid": "?", "host": "?", "heartbeat": 0.0}  # not a lock fpar wrote, and old: stale
+            elif not is_stale(info, self.grace):
                 age = time.time() - float(info.get("heartbeat", 0))
                 raise FparError(
                     f"{self.folder} is being written by pid {info.get('pid')} on {info.get('host')} "
@@ -104,11 +135,18 @@ class FolderLock:
                 info.get("host"),
                 time.time() - float(info.get("heartbeat", 0)),
             )
-            if read_lock(self.path) == info:  # still the same stale owner: move it aside, then create ours
-                try:
-                    os.replace(self.path, self.path.with_name(f"{LOCK_NAME}.stale"))
-                except FileNotFoundError:
+            aside = self.path.with_name(f"{LOCK_NAME}.stale-{self.token.replace(':', '-')}")
+            try:
+                os.replace(self.path, aside)  # move it aside under a name only we use, then look at what we moved
+            except FileNotFoundError:
+                continue
+            moved = read_lock(aside)
+            if moved is not None and _ident(moved) != _ident(info):
+                try:  # another process took the stale lock over a moment ago: give its fresh lock back
+                    os.link(aside, self.path)
+                except FileExistsError:
                     pass
+            aside.unlink(missing_ok=True)
         else:
             raise FparError(f"could not take the lock {self.path}; another process is starting there too")
         self._thread = threading.Thread(target=self._beat, name="fpar-lock-heartbeat", daemon=True)

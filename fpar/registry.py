@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
 import os
 import pkgutil
 from collections.abc import Callable
@@ -26,8 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import FparError
-
-logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------------------
 # Specs
@@ -100,6 +97,7 @@ class ModelSpec:
         description: one line for `fpar models`.
         defaults: the recipe that trains it (``configs/...``), for documentation.
         stages: named ``train.trainable`` pattern lists; the first is used when a config leaves it empty.
+        optional_weights: state-dict prefixes a checkpoint of the family may lack (its training-only heads).
     """
 
     name: str
@@ -117,6 +115,7 @@ class ModelSpec:
     description: str = ""
     defaults: str = ""
     stages: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"all": (".",)})
+    optional_weights: tuple[str, ...] = ()  # state-dict prefixes a checkpoint may lack (heads added after it)
     factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
 
 
@@ -174,14 +173,20 @@ def _register(table: dict, spec, module: str, what: str):
     return spec
 
 
+def _caller_module() -> str:
+    import sys
+
+    return str(sys._getframe(2).f_globals.get("__name__", "?"))  # the module whose import registers the spec
+
+
 def register_model_spec(spec: ModelSpec) -> ModelSpec:
     """Register a model family (called when its file is imported)."""
-    return _register(_MODELS, spec, spec.build.__module__, "model")
+    return _register(_MODELS, spec, _caller_module(), "model")
 
 
 def register_reader(spec: ReaderSpec) -> ReaderSpec:
     """Register a dataset reader (called when its file is imported)."""
-    return _register(_READERS, spec, spec.read.__module__, "dataset format")
+    return _register(_READERS, spec, _caller_module(), "dataset format")
 
 
 def _import_plugin(module: str, origin: str) -> None:
@@ -199,18 +204,22 @@ def discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True  # set first: plug-in modules may call back into the registry while importing
-    for pkg_name in _BUILTIN_PACKAGES:
-        pkg = importlib.import_module(pkg_name)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                _import_plugin(f"{pkg_name}.{info.name}", "built in")
-    from importlib.metadata import entry_points
+    try:
+        for pkg_name in _BUILTIN_PACKAGES:
+            pkg = importlib.import_module(pkg_name)
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if not info.name.startswith("_"):
+                    _import_plugin(f"{pkg_name}.{info.name}", "built in")
+        from importlib.metadata import entry_points
 
-    for group in ENTRY_POINT_GROUPS:
-        for ep in entry_points(group=group):
-            _import_plugin(ep.value.split(":")[0], f"entry point {group}:{ep.name}")
-    for mod in filter(None, (m.strip() for m in os.environ.get("FPAR_PLUGINS", "").split(","))):
-        _import_plugin(mod, "FPAR_PLUGINS")
+        for group in ENTRY_POINT_GROUPS:
+            for ep in entry_points(group=group):
+                _import_plugin(ep.value.split(":")[0], f"entry point {group}:{ep.name}")
+        for mod in filter(None, (m.strip() for m in os.environ.get("FPAR_PLUGINS", "").split(","))):
+            _import_plugin(mod, "FPAR_PLUGINS")
+    except BaseException:
+        _DISCOVERED = False  # a failed plug-in: the next call tries again instead of using half a registry
+        raise
 
 
 def _lookup(table: dict, name: str, what: str, key: str):

@@ -24,8 +24,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a shared run folder needs the umask's mode
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared run folder needs the umask's mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -47,7 +47,8 @@ def fault(point: str) -> None:
     """Fault injection for tests: with ``FPAR_FAULT=POINT:N`` the process SIGKILLs itself the N-th time it passes
     ``POINT`` (``batch``: after an optimiser step; ``eval``: during evaluation; ``tmp_written``: an atomic write's
     temporary file is complete but not renamed; ``metrics_appended``: an epoch's row is in metrics.jsonl but its
-    checkpoint is not written). A no-op without the variable."""
+    checkpoint is not written; ``ledger_created``: a sweep ledger's schema is made but not linked into place).
+    A no-op without the variable."""
     spec = os.environ.get("FPAR_FAULT")
     if not spec:
         return
@@ -61,10 +62,13 @@ def fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once (at import, before any thread)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def remove_leftover_temps(folder: str | os.PathLike) -> list[str]:

@@ -173,7 +173,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         "layout forced wrong",
         lambda w: ["data", "check", T, "data.format=egornn"],
         2,
-        "looks like the 'gtea61' layout, but data.layout is 'egornn'",
+        "looks like the 'gtea61' layout, but data.format is 'egornn'",
     ),  # noqa: E501
     ("unknown format", lambda w: ["data", "check", T, "data.format=epic"], 2, "unknown dataset format 'epic'"),
     # ---- datasets: problems fpar works around, reported by data check

@@ -113,13 +113,12 @@ def test_a_run_killed_in_its_first_epoch_says_to_rerun(tiny_root, tmp_path, caps
     assert (run / "summary.json").is_file()
 
 
-def test_files_honour_the_umask(tiny_root, tmp_path):
-    old = os.umask(0o022)
-    try:
-        run = tmp_path / "r"
-        train(_cfg(tiny_root, run), log=lambda m: None)
-    finally:
-        os.umask(old)
+def test_files_honour_the_umask(tiny_root, tmp_path, monkeypatch):
+    import fpar.utils
+
+    monkeypatch.setattr(fpar.utils, "_UMASK", 0o022)  # the process umask, read once at import
+    run = tmp_path / "r"
+    train(_cfg(tiny_root, run), log=lambda m: None)
     for name in ("best.pt", "last.pt", "summary.json", "config.yaml"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o644, name
 
@@ -339,7 +338,7 @@ def test_read_only_output_folders_are_one_line_errors(tiny_root, tmp_path):
     t = " ".join(tiny_args(tiny_root))
     cases = {
         f"train {t} out={ro}/run": f"cannot create the run folder {ro}/run (Permission denied)",
-        f"train {t} out={ro}": f"cannot use {ro}/.fpar.lock (Permission denied)",
+        f"train {t} out={ro}": f"cannot write in {ro} (Permission denied)",
         f"export {run} --out {ro}/m.pt2 --format torch-export": f"cannot write {ro}/m.pt2 (Permission denied)",
         f"report {run} --out {ro}/rep": f"cannot use {ro}/rep (Permission denied)",
         f"predict {run} {video} --cam {ro}/cams": f"cannot use {ro}/cams (Permission denied)",
@@ -397,3 +396,17 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tiny_root, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and str(run) in err
     assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
+
+
+def test_locks_left_empty_or_malformed_are_aged_by_their_mtime(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    lock = folder / LOCK_NAME
+    for junk in ("", "[1, 2]", '{"pid": "x", "heartbeat": null}'):
+        lock.write_text(junk)  # a kill between creating the file and writing it, or a foreign file
+        with pytest.raises(FparError, match="another process is starting there too"):
+            FolderLock(folder, grace=60).acquire()  # fresh: it may be a lock being written right now
+        os.utime(lock, (time.time() - 120, time.time() - 120))
+        with FolderLock(folder, grace=60):  # old: stale, taken over
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not lock.exists()

@@ -86,7 +86,7 @@ def test_format_is_detected_and_named_in_the_log(tmp_path):
 
     assert detect_format(tmp_path / "course").name == "gtea61"
     assert read_dataset(DataConfig(root=str(tmp_path / "course"))).layout == "gtea61"
-    with pytest.raises(FparError, match="looks like the 'gtea61' layout, but data.layout is 'egornn'"):
+    with pytest.raises(FparError, match="looks like the 'gtea61' layout, but data.format is 'egornn'"):
         read_dataset(DataConfig(root=str(tmp_path / "course"), format="egornn"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
@@ -185,7 +185,8 @@ def test_a_run_folder_of_fpar_010_opens_and_evaluates_the_same(tiny_root, tmp_pa
     for name in ("best.pt", "last.pt"):
         ck = torch.load(run / name, weights_only=True)
         ck["config"] = _as_fpar_010(ck["config"])
-        for key in ("vocabulary", "format"):
+        assert ck["format"] == 1  # the checkpoint's version, as fpar 0.1.0 wrote it
+        for key in ("vocabulary", "data_format"):
             ck.pop(key)
         torch.save(ck, run / name)
     (run / "config.yaml").write_text(yaml.safe_dump(_as_fpar_010(to_dict(load_config(run / "config.yaml")))))

@@ -135,7 +135,7 @@ class Splits:
     select_on: str  # "test" (the report's protocol: S2) or "val" (held out of the training split)
     name: str = ""  # the reader's split in words ("train S1,S3,S4 / test S2")
 
-    def describe(self, manifest: Manifest, cfg: DataConfig) -> str:
+    def describe(self, cfg: DataConfig) -> str:
         how = (
             "epochs selected on the test split (the report's protocol)"
             if self.select_on == "test"

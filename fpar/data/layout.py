@@ -155,7 +155,7 @@ def discover(root: str | Path, *, layout: str = "auto", frames_dir: str = "proce
     root = Path(root).resolve()
     found_layout, fdir = detect_layout(root, frames_dir)
     if layout != "auto" and layout != found_layout:
-        raise FparError(f"{root} looks like the '{found_layout}' layout, but data.layout is '{layout}'")
+        raise FparError(f"{root} looks like the '{found_layout}' layout, but data.format is '{layout}'")
     problems: list[Problem] = []
     if found_layout == "gtea61":
         rgb_sub, rgb_prefix, map_sub = "rgb", "rgb", "mmaps"

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ExperimentConfig, from_dict
 from ..data.dataset import ClipDataset
 from ..data.manifest import Manifest, Vocabulary
-from ..data.readers import read_dataset, reader_of
+from ..data.readers import block_of, read_dataset, reader_of
 from ..errors import FparError
 from ..registry import ModelSpec, model_spec, reader_spec
 from .build import build_model, modalities
@@ -67,8 +67,7 @@ class OpenRun:
     def test_indices(self, manifest: Manifest) -> list[int]:
         """The videos of the run's test split (the reader's split as configured)."""
         reader = reader_of(manifest)
-        block = getattr(self.cfg.data, reader.block or reader.name) if reader.config is not None else None
-        return reader.split(manifest, block)[1]
+        return reader.split(manifest, block_of(reader, self.cfg.data))[1]
 
     def dataset(self, manifest: Manifest, indices: list[int], *, with_train_inputs: bool = False) -> ClipDataset:
         """Test-transform clips of ``indices`` with the model's evaluation inputs (or its training ones)."""
@@ -86,7 +85,7 @@ def _differ(a: list[str], b: list[str]) -> str:
 def vocabulary_of(ckpt: dict[str, Any], cfg: ExperimentConfig) -> Vocabulary:
     if ckpt.get("vocabulary"):
         return Vocabulary.from_dict(ckpt["vocabulary"])
-    fmt = ckpt.get("format") or (cfg.data.format if cfg.data.format != "auto" else LEGACY_FORMAT)
+    fmt = ckpt.get("data_format") or (cfg.data.format if cfg.data.format != "auto" else LEGACY_FORMAT)
     rebuild = reader_spec(fmt).vocabulary_from_classes
     classes = list(ckpt["classes"])
     return rebuild(classes) if rebuild is not None else Vocabulary(classes)
@@ -155,7 +154,7 @@ def model_from_checkpoint(
     cfg.model.pretrained = "none"
     model, _ = build_model(cfg, vocab, streams=streams)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    if unexpected or [k for k in missing if not k.startswith(("ms_head.", "disc."))]:
+    if unexpected or [k for k in missing if not k.startswith(spec.optional_weights)]:
         raise FparError(
             f"{ckpt.get('path')} does not match its own config (missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}); it was written by another fpar version"

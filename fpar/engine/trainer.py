@@ -356,7 +356,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         (run / "metrics.jsonl").unlink(missing_ok=True)
     log(
         f"{cfg.name}: {cfg.model.name} on {manifest.root} ({manifest.layout} format): "
-        f"{splits.describe(manifest, cfg.data)}; "
+        f"{splits.describe(cfg.data)}; "
         f"{sum(p.numel() for n, p in model.named_parameters() if n in set(trainable)) / 1e6:.2f} M trainable "
         f"parameters; device {device}"
     )
@@ -374,7 +374,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         "config": to_dict(cfg),
         "classes": classes,
         "vocabulary": vocab.to_dict(),
-        "format": manifest.layout,
+        "data_format": manifest.layout,  # the reader ("format" is the checkpoint's own version)
         "input_size": cfg.data.input_size,
         "normalisation": normalisation(cfg),
         "trainable": trainable,
@@ -403,6 +403,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             row.update({f"val_{k}": v for k, v in ev.items()})
             if ev["top1"] > best["top1"]:  # strictly better, as the original selection
                 best = {"top1": ev["top1"], "epoch": epoch + 1, **{k: v for k, v in ev.items() if k != "top1"}}
+                lock.check()
                 save_checkpoint(
                     {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
                 )
@@ -442,9 +443,9 @@ def _epoch_line(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"loss {row['train_loss']:.3f}", f"train {row['train_top1']:.1f}%"]
     if "val_top1" in row:
         parts += [f"val {row['val_top1']:.1f}%", f"val loss {row['val_loss']:.3f}"]
-    for k in ("train_ms_loss", "train_disc_loss"):
-        if k in row:
-            parts.append(f"{k[6:]} {row[k]:.3f}")
+    for k, v in row.items():  # every auxiliary loss term the model returned (ms, disc, verb, noun, ...)
+        if k.startswith("train_") and k.endswith("_loss") and k not in ("train_loss", "train_action_loss"):
+            parts.append(f"{k[6:]} {v:.3f}")
     parts.append(f"{row['time_s']:.0f}s")
     return "  ".join(parts)
 

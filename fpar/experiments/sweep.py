@@ -95,13 +95,17 @@ def _sqlite_problem(path: Path) -> str | None:
     import sqlite3
 
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             if con.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
                 return "its integrity check fails"
             names = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
         finally:
             con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return None  # in use by another process: sound as far as we can tell, and not ours to move
+        return f"it cannot be read ({e})"
     except sqlite3.DatabaseError as e:
         return f"not an SQLite database ({e})"
     missing = sorted(_SQLITE_TABLES - names)
@@ -117,11 +121,11 @@ def _create_sqlite(path: Path, name: str) -> None:
     temporary file (removed by the next start), never a half-made ledger."""
     import optuna
 
-    for old in path.parent.glob(f".{path.name}.tmp-*"):  # creations killed earlier
+    for old in path.parent.glob(f".{path.name}.tmp-{HOST}-*"):  # creations killed earlier on this host
         pid = old.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not pid_alive(int(pid)):
             old.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{HOST}-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
     optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
@@ -143,8 +147,13 @@ def _prepare_sqlite(path: Path, name: str, log=logger.warning) -> None:
         why = _sqlite_problem(path)
         if why is None:
             return
-        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}-{HOST}-{os.getpid()}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another process is rebuilding it right now
+            pass
+        if path.exists() and _sqlite_problem(path) is None:
+            return  # ... and has already put a sound one in place
         log(f"the sweep ledger {path} was broken ({why}); moved it to {aside.name} and made a new one: finished "
             "trials are recorded again from their run folders")  # fmt: skip
     _create_sqlite(path, name)
@@ -173,7 +182,10 @@ class Ledger:
         if url.startswith("sqlite"):
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
             if url.startswith("sqlite:///"):
-                _prepare_sqlite(Path(url[len("sqlite:///") :]), name)
+                try:
+                    _prepare_sqlite(Path(url[len("sqlite:///") :]), name)
+                except OSError as e:
+                    raise FparError(f"cannot create the sweep ledger {url[len('sqlite:///') :]} ({e})") from None
         attempts = 1 if url.startswith("sqlite") else 4
         for attempt in range(attempts):
             try:

@@ -420,6 +420,7 @@ SPEC = register_model_spec(
         attention=_attention,
         aux_maps=_aux_maps,
         factory=ego_rnn,
+        optional_weights=("ms_head.", "disc."),  # a checkpoint may predate its MS / discriminator heads
         stages={
             "stage1": (r"^lstm\.", r"^classifier\."),
             "stage2": (

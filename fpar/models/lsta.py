@@ -269,8 +269,8 @@ def from_original(sd: dict[str, Tensor], mem_size: int = 512) -> dict[str, Tenso
     """An original ``attentionModel`` state dict -> fpar's `LSTA` state dict (every tensor mapped, none dropped).
 
     ``resNet.*`` -> ``backbone.*`` (the same torchvision names); the eight attention and six memory gate convs are
-    stacked into the fused convs (orders i, f, ã, o and i, f, c̃); ``fc.*`` is the same tensor as ``classifier.1.*``
-    (the original registers its fc twice) and is checked to be equal.
+    stacked into the fused convs (orders i, f, ã, o and i, f, c̃); ``fc.*`` is the same module as ``classifier.1.*``
+    (the original registers its fc twice): both its tensors are checked to be equal.
     """
     out = {"backbone." + k[len("resNet.") :]: v for k, v in sd.items() if k.startswith("resNet.")}
     fused: dict[str, list[tuple[slice, Tensor]]] = {}
@@ -283,8 +283,9 @@ def from_original(sd: dict[str, Tensor], mem_size: int = 512) -> dict[str, Tenso
             fused.setdefault(new, []).append((rows, sd[old]))
     for new, parts in fused.items():
         out[new] = torch.cat([t for _, t in sorted(parts, key=lambda p: p[0].start)], 0)
-    if "fc.weight" in sd and not (torch.equal(sd["fc.weight"], sd["classifier.1.weight"])):
-        raise FparError("fc.weight and classifier.1.weight differ: not a state dict of the original attentionModel")
+    for t in ("weight", "bias"):
+        if f"fc.{t}" in sd and not torch.equal(sd[f"fc.{t}"], sd[f"classifier.1.{t}"]):
+            raise FparError(f"fc.{t} and classifier.1.{t} differ: not a state dict of the original attentionModel")
     known = {o for o, _, _ in _original_slots(mem_size)} | {"fc.weight", "fc.bias"}
     left = [k for k in sd if not k.startswith("resNet.") and k not in known]
     if left:
@@ -394,7 +395,8 @@ def _build_two_stream(ctx) -> LSTATwoStream:
 
 
 def _configure_two_stream(cfg, stream_cfgs: dict) -> None:
-    """The flow stack length is the flow run's; the clip length must agree between the streams."""
+    """The flow stack length is the flow run's (its first convolution is fixed to it); the clip length is this
+    run's ``data.frames`` for both streams (neither stream's weights depend on it)."""
     cfg.data.flow_stack = stream_cfgs["flow"].data.flow_stack
 
 

@@ -29,7 +29,7 @@ Deliberate differences from the original code (lsta.md §6):
 
 * the original declares the output gate's h-conv with the *input* channel count and names the pair swapped
   (``conv_o_x`` is applied to h); it only runs because mem_size equals 512. Here ``conv_o_h`` is mem -> mem, so any
-  mem_size works; with mem_size = C = 512 the weights map one to one (`fpar.models.lsta.ORIGINAL_NAMES`);
+  mem_size works; with mem_size = C = 512 the weights map one to one (`fpar.models.lsta.from_original` / `to_original`);
 * the coupling term ``W_p`` (``coupling_fc``) enters only the argmax that picks k′: it can never receive a gradient
   and stays at its initial values (as in the original, where it is trained by nothing). ``W_c`` learns only through
   ĉ, i.e. through the output gates of steps 1..T-1.

@@ -21,8 +21,9 @@ import torch  # noqa: E402
 from fpar.data.synth import synthesize  # noqa: E402
 from tests.test_faults import fpar, kill_and_resume, outcome, train_args  # noqa: E402
 
-POINTS = [f"batch:{n}" for n in (1, 2, 3, 4, 5, 6)] + [f"eval:{n}" for n in (1, 2, 3, 4)]
-POINTS += [f"tmp_written:{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8)] + [f"metrics_appended:{n}" for n in (1, 3)]
+# the tiny run: 3 epochs of 2 batches, one evaluation batch per epoch, at least 8 atomic writes
+POINTS = [f"batch:{n}" for n in (1, 2, 3, 4, 5, 6)] + [f"eval:{n}" for n in (1, 2, 3)]
+POINTS += [f"tmp_written:{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8)] + [f"metrics_appended:{n}" for n in (1, 2, 3)]
 
 
 def main() -> int:
@@ -41,7 +42,12 @@ def main() -> int:
         bad = 0
         for point in a.points.split(","):
             out = tmp / point.replace(":", "_")
-            rc, err = kill_and_resume(root, out, point, in_process=False)
+            try:
+                rc, err = kill_and_resume(root, out, point, in_process=False)
+            except AssertionError as e:  # the point is never reached by this run: a wrong point, not a bad resume
+                print(f"{point:<20} NOT REACHED: {e}")
+                bad += 1
+                continue
             w, rows = outcome(out) if rc == 0 else (None, None)
             ok = w is not None and all(torch.equal(w[k], ref_w[k]) for k in ref_w) and rows == ref_rows
             ok = ok and not list(out.glob(".*.tmp"))

@@ -56,7 +56,7 @@ def test_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_root, tmp_
 
 def test_two_trainers_into_one_folder_one_wins(tiny_root, tmp_path):
     out = tmp_path / "shared"
-    args = [*tiny_args(tiny_root), "train.epochs=2", "train.max_batches=1", f"out={out}", "--quiet"]
+    args = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1", f"out={out}", "--quiet"]
     env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen([sys.executable, "-m", "fpar", "train", *args], env=env, stderr=subprocess.PIPE, text=True)
@@ -69,7 +69,7 @@ def test_two_trainers_into_one_folder_one_wins(tiny_root, tmp_path):
     assert "Traceback" not in loser and loser.count("\n") == 1
     assert "is being written by pid" in loser or "already holds" in loser
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]  # one run's rows, not interleaved
+    assert [r["epoch"] for r in rows] == [1]  # one run's row, not two interleaved runs
 
 
 def test_results_are_never_written_over(tiny_root, tmp_path, capsys):

@@ -52,10 +52,4 @@ def late_fusion_eval(rgb_run: str, flow_run: str, *, weight: float = 0.5, data_r
         m = classification_metrics(lg, y, vocab)
         m.pop("confusion")
         res[name] = m
-    return {"weight": weight, "split": _split_name(runs["rgb"], manifest), "videos": len(common), **res}
-
-
-def _split_name(run, manifest) -> str:
-    from ..data.dataset import make_splits
-
-    return make_splits(manifest, run.cfg.data, seed=run.cfg.seed).name
+    return {"weight": weight, "split": runs["rgb"].split_name(manifest), "videos": len(common), **res}

@@ -69,6 +69,11 @@ class OpenRun:
         reader = reader_of(manifest)
         return reader.split(manifest, block_of(reader, self.cfg.data))[1]
 
+    def split_name(self, manifest: Manifest) -> str:
+        """The run's split in words ("train S1,S3,S4 / test S2"), as its reader describes it."""
+        reader = reader_of(manifest)
+        return reader.describe_split(block_of(reader, self.cfg.data)) if reader.describe_split else ""
+
     def dataset(self, manifest: Manifest, indices: list[int], *, with_train_inputs: bool = False) -> ClipDataset:
         """Test-transform clips of ``indices`` with the model's evaluation inputs (or its training ones)."""
         mods = modalities(self.cfg, train=with_train_inputs)

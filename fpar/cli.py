@@ -75,6 +75,8 @@ def data_check(
     test_subjects: str | None = typer.Option(None, "--test", help="test subjects (data.test_subjects)"),
     frames_dir: str | None = typer.Option(None, "--frames-dir", help="GTEA61 frames folder (data.frames_dir)"),
     no_decode: bool = typer.Option(False, "--no-decode", help="check names only, do not open every image"),
+    fmt: str | None = typer.Option(None, "--format", help="dataset format (data.format; default: detected)"),
+    split: int | None = typer.Option(None, "--split", help="EGTEA Gaze+ split 1, 2 or 3 (data.split)"),
 ):
     """Scan a dataset: videos per split, classes, frame counts and every problem found."""
     from .config import load_config, set_value, validate
@@ -83,6 +85,10 @@ def data_check(
     cfg = load_config(None, overrides or [])
     # the options are values as typed (a root "007" or subjects "01,02" stay strings): set, not parsed as YAML
     set_value(cfg, "data.root", root, "the command line")
+    if fmt is not None:
+        set_value(cfg, "data.format", fmt, "--format")
+    if split is not None:
+        set_value(cfg, "data.split", split, "--split")
     for key, value in (("data.train_subjects", train_subjects), ("data.test_subjects", test_subjects)):
         if value is not None:
             set_value(cfg, key, [s.strip() for s in value.split(",")], "the command line")
@@ -194,6 +200,12 @@ def _summary_line(s: dict) -> str:
         f"top-5 {s['top5']:.2f}%, mean class {s['mean_class_acc']:.2f}%) on {s['videos']} videos, "
         f"selected on {s['select_on']}; run folder {s['run']}"
     )
+    if s.get("action_top1") is not None:  # verb/noun heads: EPIC's figures of the selected epoch
+        line += (
+            f"\n  verb {s['verb_top1']:.2f}% / {s['verb_top5']:.2f}%, noun {s['noun_top1']:.2f}% / "
+            f"{s['noun_top5']:.2f}%, action {s['action_top1']:.2f}% / {s['action_top5']:.2f}% (top-1 / top-5; "
+            f"epoch chosen by {s.get('selected_by', 'top1')})"
+        )
     if s.get("test_top1") is not None:
         line += f"; test top-1 at the selected epoch {s['test_top1']:.2f}%"
     return line

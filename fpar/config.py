@@ -160,6 +160,9 @@ class TrainConfig:
     max_batches: int = 0  # >0 limits batches per epoch (smoke tests)
     grad_clip: float = 0.0
     progress: bool = True
+    # The metric that picks the best epoch (best.pt): auto = action_top1 with model.heads=verb_noun (EPIC's
+    # headline figure), top1 otherwise; or any metric key of the run (mean_class_acc, verb_top1, ...)
+    select_metric: str = "auto"
 
 
 @dataclass

@@ -506,6 +506,99 @@ def test_loso_table_averages_folds(tmp_path):
     assert "leave-one-subject-out" in make_report([sweep], tmp_path / "rep2")["markdown"]
 
 
+def test_folds_by_key_expand_to_one_trial_per_value(tmp_path):
+    g = load_grid(_grid(tmp_path, "name: kf\nbase: STAGE1\nfolds: {key: data.frames, values: [5, 7]}\nseeds: [0, 1]\n"))
+    assert g.fold_key == "data.frames" and g.fold_labels == ["5", "7"]
+    trials = expand(g)
+    assert [t.name for t in trials] == [
+        "base-seed0-frames5",
+        "base-seed0-frames7",
+        "base-seed1-frames5",
+        "base-seed1-frames7",
+    ]
+    assert [t.fold for t in trials] == ["5", "7", "5", "7"]
+    assert ("data.frames", 7) in trials[1].overrides
+    assert not any(k in ("data.train_subjects", "data.test_subjects") for k, _ in trials[1].overrides)
+    assert trial_config(trials[1], {}).data.frames == 7
+    # string values; the trial name takes the key's last dotted part
+    g = load_grid(_grid(tmp_path, "base: STAGE1\nfolds: {key: optim.name, values: [adam, sgd]}\n", "s.yaml"))
+    assert [t.name for t in expand(g, check=False)] == ["base-seed0-nameadam", "base-seed0-namesgd"]
+    # the old forms are unchanged
+    g = load_grid(_grid(tmp_path, "base: STAGE1\nfolds: loso\n", "l.yaml"))
+    assert g.fold_key == "data.test_subjects" and g.fold_labels == ["S1", "S2", "S3", "S4"]
+    t = expand(g)[1]
+    assert (t.name, t.fold) == ("base-seed0-testS2", "S2")
+    assert t.overrides[:2] == [("data.train_subjects", ["S1", "S3", "S4"]), ("data.test_subjects", ["S2"])]
+
+
+@pytest.mark.parametrize(
+    ("folds", "match"),
+    [
+        ("lopo", r"folds must be 'loso', \{loso: \[S1, S2, S3, S4\]\} or \{key: data.split, values: \[1, 2, 3\]\}"),
+        ("{key: data.frames}", r"g.yaml: folds must be 'loso'.*\{key: data.split, values"),
+        ("{key: data.frames, values: [5]}", r"g.yaml: folds: .*at least two values"),
+        (
+            "{key: data.frams, values: [5, 7]}",
+            r"unknown config key 'data.frams' in grid file .*g.yaml \(folds\).*data.frames",
+        ),
+        ("{key: data.frames, values: [5, 5]}", r"repeats a value"),
+        ("{loso: [S1]}", r"at least two subjects"),
+    ],
+)
+def test_bad_folds_fail_in_one_line(tmp_path, folds, match):
+    with pytest.raises(FparError, match=match) as e:
+        load_grid(_grid(tmp_path, f"base: STAGE1\nfolds: {folds}\n"))
+    assert "\n" not in str(e.value) and "g.yaml" in str(e.value)
+
+
+def test_report_of_folds_by_key_and_extra_metrics(tmp_path):
+    g = _grid(tmp_path, "name: kf\nbase: STAGE1\nfolds: {key: data.frames, values: [5, 7, 9]}\nseeds: [0, 1]\n")
+    grid = load_grid(g)
+    trials = expand(grid)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    write_manifest(sweep, grid, trials, "sqlite:///x.db", [], None)
+    m = json.loads((sweep / "sweep.json").read_text())
+    assert m["folds"] == ["5", "7", "9"] and m["fold_key"] == "data.frames"
+    acc = {(0, "5"): 50.0, (0, "7"): 60.0, (0, "9"): 76.0, (1, "5"): 40.0, (1, "7"): 62.0, (1, "9"): 70.0}
+    verb = {(0, "5"): 30.0, (0, "7"): 33.0, (0, "9"): 36.0, (1, "5"): 31.0, (1, "7"): 34.0, (1, "9"): 37.0}
+    for t in trials:
+        s = {"best_top1": acc[(t.seed, t.fold)], "verb_top1": verb[(t.seed, t.fold)], "seed": t.seed}
+        _fake_run(sweep / t.name, trial_config(t, {}), s)
+    r = make_report([sweep], tmp_path / "rep")
+    (table,) = r["tables"]
+    row = table.rows[0]
+    seed_means = [(50 + 60 + 76) / 3, (40 + 62 + 70) / 3]  # 62 and 57.33...
+    m, sd = sum(seed_means) / 2, abs(seed_means[0] - seed_means[1]) / math.sqrt(2)
+    assert row.stats["best_top1"][:3] == pytest.approx((m, sd, 2))
+    assert row.stats["verb_top1"][:3] == pytest.approx((33.5, math.sqrt(0.5), 2))  # seed means 33 and 34
+    assert row.fold_means == pytest.approx({"5": 45.0, "7": 61.0, "9": 73.0})
+    md = r["markdown"]
+    header = next(line for line in md.splitlines() if line.startswith("| row"))
+    assert header == "| row | n | best top-1 (mean ± std) | verb top-1 | frames 5 | frames 7 | frames 9 |"
+    assert f"| **main** | **2** | **{m:.2f} ± {sd:.2f}** | **33.50 ± 0.71** | **45.00** | **61.00** | **73.00** |" in md
+    assert "3 folds over data.frames = 5, 7, 9 (mean over folds)" in md
+    csv_rows = list(__import__("csv").DictReader((tmp_path / "rep" / "table.csv").open()))
+    assert float(csv_rows[0]["verb_top1_mean"]) == 33.5 and "verb_top5_mean" not in csv_rows[0]
+    # a sweep.json whose trials lack their fold: the fold is read from the config at fold_key
+    old = json.loads((sweep / "sweep.json").read_text())
+    for t in old["trials"]:
+        t.pop("fold")
+    (sweep / "sweep.json").write_text(json.dumps(old))
+    (table,) = make_report([sweep], tmp_path / "rep_old")["tables"]
+    assert table.rows[0].stats["best_top1"][:3] == pytest.approx((m, sd, 2))
+    assert table.rows[0].fold_means == pytest.approx({"5": 45.0, "7": 61.0, "9": 73.0})
+
+
+def test_report_without_extra_metrics_keeps_its_columns(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _fake_run(runs / f"a{seed}", [f"seed={seed}", "name=a"], {"best_top1": 50.0 + seed, "seed": seed})
+    r = make_report([runs], tmp_path / "rep")
+    assert "| row | n | best top-1 (mean ± std) |" in r["markdown"]
+    assert "verb" not in (tmp_path / "rep" / "table.csv").read_text()
+
+
 def test_mmap_downsampling_figure(tmp_path):
     m = np.zeros((256, 455), np.uint8)
     m[60:180, 200:330] = 255

@@ -7,7 +7,8 @@ from dataclasses import asdict
 
 from ..config import DataConfig
 from ..errors import FparError
-from .imageio import ImageError, read_grey, read_mmap, read_rgb
+from .frames import is_video, split_ref
+from .imageio import ImageError, read_grey, read_mmap, read_rgb, read_rgb_many
 from .layout import check_lengths, split_problems
 from .manifest import Problem
 from .readers import block_of, resolve_reader
@@ -40,12 +41,12 @@ def check_dataset(
         train_idx, test_idx = [], []
     train = sorted({manifest.videos[i].subject for i in train_idx})
     test = sorted({manifest.videos[i].subject for i in test_idx})
-    present = train + test
-    problems += split_problems(manifest, train, test)
+    present = sorted(set(train + test))
+    problems += split_problems(manifest, train_idx, test_idx)
     if decode:
         for v in manifest.videos:
             for paths, reader in (
-                (v.rgb, read_rgb),
+                (v.rgb, _rgb_reader(v.rgb)),
                 (v.flow_x, read_grey),
                 (v.flow_y, read_grey),
                 (sorted(set(v.mmaps)), read_mmap),
@@ -56,13 +57,14 @@ def check_dataset(
                         sizes.setdefault(reader(p).shape[:2], p)
                     except ImageError as e:
                         why = str(e).replace(f"{p} ", "")  # the problem names the file already
-                        problems.append(Problem(e.kind, os.path.relpath(p, manifest.root), why, True))
+                        line = v.meta.get("line")
+                        problems.append(Problem(e.kind, os.path.relpath(p, manifest.root), why, True, line))
                         v.usable = False
                 if len(sizes) > 1:
                     (h0, w0), (h1, w1) = list(sizes)[:2]
                     odd = os.path.relpath(list(sizes.values())[1], manifest.root)
                     msg = f"is {w1}x{h1} but the first image of its kind in this video is {w0}x{h0}: re-extract it"
-                    problems.append(Problem("mixed_sizes", odd, msg, True))
+                    problems.append(Problem("mixed_sizes", odd, msg, True, v.meta.get("line")))
                     v.usable = False
     usable = [v for v in manifest.videos if v.usable]
     frame_counts = [v.num_frames for v in usable] or [0]
@@ -72,9 +74,20 @@ def check_dataset(
     }
     fatal = [p for p in problems if p.fatal and p.kind != "missing_subject"]
     ok = bool(usable) and by_split["train"] > 0 and by_split["test"] > 0
+    split_counts: dict[str, int] = {}
+    for v in manifest.videos:
+        if v.usable and v.split:
+            split_counts[v.split] = split_counts.get(v.split, 0) + 1
+    if not split_counts:
+        split_counts = dict(by_split)
     return {
         "root": manifest.root,
         "layout": manifest.layout,
+        "format": manifest.layout,
+        "segments": len(usable),
+        "split_counts": split_counts,
+        "verbs": manifest.verbs(),
+        "nouns": manifest.nouns(),
         "videos": len(manifest.videos),
         "usable_videos": len(usable),
         "classes": manifest.classes,
@@ -97,6 +110,18 @@ def check_dataset(
     }
 
 
+def _rgb_reader(paths):
+    """`read_rgb`, or for the frames of a video file a reader that decodes them all in one pass first."""
+    ref = split_ref(paths[0]) if len(paths) else None
+    if ref is None or not is_video(ref[0]):
+        return read_rgb
+    try:
+        decoded = dict(zip(list(paths), read_rgb_many(list(paths))))
+    except ImageError:
+        return read_rgb  # name the frame that fails
+    return decoded.__getitem__
+
+
 def format_report(r: dict, *, max_rows: int = 40) -> str:
     lines = [
         f"dataset {r['root']} ({r['layout']} layout)",
@@ -106,6 +131,10 @@ def format_report(r: dict, *, max_rows: int = 40) -> str:
         f"  split: train {','.join(r['splits']['train'])} = {r['splits']['train_videos']} videos, "
         f"test {','.join(r['splits']['test'])} = {r['splits']['test_videos']} videos",
     ]
+    if r.get("verbs"):
+        lines.insert(2, f"  {len(r['verbs'])} verbs, {len(r['nouns'])} nouns")
+    if r.get("split_counts"):
+        lines.append("  segments per split: " + ", ".join(f"{k} {n}" for k, n in r["split_counts"].items()))
     probs = r["problems"]
     if probs:
         kinds: dict[str, int] = {}

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from ..errors import FparError
-from .imageio import read_grey, read_mmap, read_rgb
+from .imageio import read_grey, read_mmap, read_rgb_many
 from .manifest import Manifest
 from .readers import block_of, reader_of
 from .sampling import centred_stack_starts, flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
@@ -85,7 +85,7 @@ class ClipDataset(Dataset):
             item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
         if "rgb" in self.modalities:
-            item["rgb"] = transform_rgb(_read_all(read_rgb, [v.rgb[k] for k in frame_idx]), p, **kw)
+            item["rgb"] = transform_rgb(_read_all(read_rgb_many, [v.rgb[k] for k in frame_idx], batch=True), p, **kw)
         if "mmaps" in self.modalities:
             item["mmaps"] = transform_mmaps(_read_all(read_mmap, [v.mmaps[k] for k in frame_idx]), p, **kw)
         if "flow" in self.modalities:
@@ -99,24 +99,32 @@ class ClipDataset(Dataset):
                 idx = stack_indices(s, L, m)
                 fx = _read_all(read_grey, [v.flow_x[k] for k in idx])
                 fy = _read_all(read_grey, [v.flow_y[k] for k in idx])
-                stacks.append(transform_flow(fx, fy, p, **kw))
+                stacks.append(_flow(fx, fy, p, v.flow_scale, kw))
             item["flow"] = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L,S,S) or (K,2L,S,S)
         if "flow_seq" in self.modalities:
             m, L = v.num_flows, cfg.flow_stack
             seq = []
-            for s in centred_stack_starts(frame_idx, m, L):
+            # flow k starts at RGB frame k * flow_stride (EPIC-55's flow is at half the frame rate)
+            for s in centred_stack_starts([k // v.flow_stride for k in frame_idx], m, L):
                 idx = stack_indices(s, L, m)
                 fx = _read_all(read_grey, [v.flow_x[k] for k in idx])
                 fy = _read_all(read_grey, [v.flow_y[k] for k in idx])
-                seq.append(transform_flow(fx, fy, p, **kw))
+                seq.append(_flow(fx, fy, p, v.flow_scale, kw))
             item["flow_seq"] = torch.stack(seq)  # (T, 2L, S, S): the crop and flip of the RGB frames
         item["static_idx"] = int(rng.integers(cfg.frames))
         return item
 
 
-def _read_all(reader, paths: list[str]) -> list:
-    """Decode the images of one clip; they must share one size (one crop box is drawn for the clip)."""
-    images = [reader(p) for p in paths]
+def _flow(fx, fy, p, scale: float, kw) -> torch.Tensor:
+    """One flow stack; ``scale`` brings a dataset's own flow encoding to fpar's (`VideoRecord.flow_scale`)."""
+    x = transform_flow(fx, fy, p, **kw)
+    return x.mul_(scale) if scale != 1.0 else x
+
+
+def _read_all(reader, paths: list[str], *, batch: bool = False) -> list:
+    """Decode the images of one clip; they must share one size (one crop box is drawn for the clip). ``batch``:
+    ``reader`` takes the whole list (frames of one video file are decoded in one pass)."""
+    images = reader(paths) if batch else [reader(p) for p in paths]
     first = images[0].shape[:2]
     for path, img in zip(paths, images):
         if img.shape[:2] != first:

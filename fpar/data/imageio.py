@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import FparError
+from .frames import is_video, read_tar_member, read_video_frames, split_ref
 
 cv2.setNumThreads(1)  # decoding runs inside DataLoader workers; let torch own the cores
 
@@ -22,6 +23,9 @@ class ImageError(FparError):
 
 
 def _read(path: str, flag: int) -> np.ndarray:
+    ref = split_ref(path)
+    if ref is not None:
+        return _read_member(path, *ref, flag)
     img = cv2.imread(path, flag)
     if img is None:
         if not os.path.exists(path):
@@ -30,6 +34,40 @@ def _read(path: str, flag: int) -> np.ndarray:
             raise ImageError(f"image {path} cannot be read (permission denied); fix its permissions (chmod a+r)")
         raise ImageError(f"image {path} cannot be decoded (truncated or not an image); replace or delete it")
     return img
+
+
+def _read_member(ref: str, container: str, member: str, flag: int) -> np.ndarray:
+    """A frame inside a tar (``TAR::MEMBER``) or a video (``VIDEO::K``), as cv2.imread would return it."""
+    if is_video(container):
+        rgb = read_video_frames(container, [int(member)])[int(member)]
+        if flag == cv2.IMREAD_COLOR:
+            return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    try:
+        data = read_tar_member(container, member)
+    except FparError as e:
+        raise ImageError(str(e)) from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is None:
+        raise ImageError(f"image {ref} cannot be decoded (truncated or not an image); download its tar again")
+    return img
+
+
+def read_rgb_many(paths: list[str]) -> list[np.ndarray]:
+    """`read_rgb` of several frames; the frames of one video file are decoded in one pass."""
+    videos: dict[str, list[int]] = {}
+    for p in paths:
+        ref = split_ref(p)
+        if ref is not None and is_video(ref[0]):
+            videos.setdefault(ref[0], []).append(int(ref[1]))
+    if not videos:
+        return [read_rgb(p) for p in paths]
+    decoded = {v: read_video_frames(v, idx) for v, idx in videos.items()}
+    out = []
+    for p in paths:
+        ref = split_ref(p)
+        out.append(decoded[ref[0]][int(ref[1])] if ref is not None and ref[0] in decoded else read_rgb(p))
+    return out
 
 
 def read_rgb(path: str) -> np.ndarray:

@@ -28,6 +28,7 @@ class Problem:
     path: str  # relative to the dataset root
     message: str
     fatal: bool = False  # True when the video cannot be used at all
+    line: int | None = None  # the annotation file's line (1-based) the problem comes from, when there is one
 
 
 @dataclass
@@ -47,6 +48,10 @@ class VideoRecord:
     noun: str | None = None
     verb_label: int = -1
     noun_label: int = -1
+    split: str = ""  # the role the format's annotations give the segment (EGTEA: train/test; EPIC: train/validation)
+    flow_stride: int = 1  # flow k starts at RGB frame k * flow_stride (EPIC-55: 2, flow at half the frame rate)
+    flow_scale: float = 1.0  # multiplies the decoded flow into fpar's encoding (bound 20 px; EPIC-55 25 -> 1.25)
+    meta: dict[str, Any] = field(default_factory=dict)  # format-specific facts (all nouns, narration id, times)
 
     @property
     def key(self) -> str:

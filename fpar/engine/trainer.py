@@ -36,7 +36,7 @@ from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover
 from ..version import __version__
 from .build import build_model, forward_batch, modalities, resolve_trainable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .metrics import classification_metrics
+from .metrics import classification_metrics, group_masks
 from .run import init_from
 from .stages import apply_trainable, param_groups, set_train_mode
 
@@ -141,12 +141,15 @@ def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: i
 
 
 @torch.no_grad()
-def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval"):
-    """Logits (N, C), labels (N,), mean loss over the loader."""
+def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval") -> dict:
+    """Everything evaluation needs over a loader: ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) (the videos'
+    manifest indices), ``loss`` (mean action cross-entropy) and, with verb/noun heads, ``verb_logits``,
+    ``noun_logits``, ``verb``, ``noun``."""
     from tqdm import tqdm
 
     model.eval()
-    logits, labels, losses = [], [], []
+    parts: dict[str, list[torch.Tensor]] = {}
+    losses = []
     it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) if progress else loader
     for batch in it:
         batch = _to(batch, device)
@@ -155,12 +158,24 @@ def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = Fa
         out.logits = out.logits.float()
         fault("eval")
         losses.append(torch.nn.functional.cross_entropy(out.logits, batch["label"], reduction="sum").item())
-        logits.append(out.logits.cpu())
-        labels.append(batch["label"].cpu())
-    n = sum(len(x) for x in labels)
+        got = {"logits": out.logits, "labels": batch["label"], "index": batch["index"]}
+        if getattr(out, "verb_logits", None) is not None and "verb" in batch:
+            got.update(verb_logits=out.verb_logits.float(), noun_logits=out.noun_logits.float())
+            got.update(verb=batch["verb"], noun=batch["noun"])
+        for k, v in got.items():
+            parts.setdefault(k, []).append(torch.as_tensor(v).cpu())
+    n = sum(len(x) for x in parts.get("labels", []))
     if n == 0:
         raise FparError("the evaluation split is empty; check the dataset's test split (fpar data check)")
-    return torch.cat(logits), torch.cat(labels), sum(losses) / n
+    res: dict = {k: torch.cat(v) for k, v in parts.items()}
+    res["loss"] = sum(losses) / n
+    return res
+
+
+def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval"):
+    """Logits (N, C), labels (N,), mean loss over the loader."""
+    r = predict_all(model, loader, cfg, device, progress=progress, desc=desc)
+    return r["logits"], r["labels"], r["loss"]
 
 
 def _autocast(cfg: ExperimentConfig, device: torch.device):
@@ -168,10 +183,34 @@ def _autocast(cfg: ExperimentConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def metrics_of(r: dict, vocab: Vocabulary, manifest: Manifest | None = None) -> dict:
+    """`classification_metrics` of `predict_all`'s output; the manifest adds its readers' group metrics."""
+    groups = group_masks(manifest, r["index"].tolist()) if manifest is not None else None
+    m = classification_metrics(
+        r["logits"],
+        r["labels"],
+        vocab,
+        verb_logits=r.get("verb_logits"),
+        noun_logits=r.get("noun_logits"),
+        verb_labels=r.get("verb"),
+        noun_labels=r.get("noun"),
+        groups=groups,
+    )
+    m["loss"] = r["loss"]
+    return m
+
+
 def evaluate(model, loader, cfg, device, vocab: Vocabulary, *, progress=False, desc="eval") -> dict:
-    logits, labels, loss = predict(model, loader, cfg, device, progress=progress, desc=desc)
-    m = classification_metrics(logits, labels, vocab)
-    m["loss"] = loss
+    r = predict_all(model, loader, cfg, device, progress=progress, desc=desc)
+    return metrics_of(r, vocab, getattr(loader.dataset, "manifest", None))
+
+
+def select_metric(cfg: ExperimentConfig) -> str:
+    """The metric that picks the best epoch: ``train.select_metric``, or with ``auto`` ``action_top1`` for verb/noun
+    heads (EPIC's headline figure) and ``top1`` otherwise."""
+    m = cfg.train.select_metric
+    if m == "auto":
+        return "action_top1" if cfg.model.heads == "verb_noun" else "top1"
     return m
 
 
@@ -323,7 +362,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     optimizer = make_optimizer(model, cfg)
 
     history: list[dict] = []
-    best = {"top1": -1.0, "epoch": 0}
+    chosen = select_metric(cfg)
+    best = {"top1": -1.0, "epoch": 0, "selected_on": chosen}
     start = 0
     if last is not None:
         src = (last.get("config") or {}).get("model", {}).get("name", "?")
@@ -401,13 +441,19 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress)
             conf = ev.pop("confusion")
             row.update({f"val_{k}": v for k, v in ev.items()})
-            if ev["top1"] > best["top1"]:  # strictly better, as the original selection
-                best = {"top1": ev["top1"], "epoch": epoch + 1, **{k: v for k, v in ev.items() if k != "top1"}}
+            if chosen not in ev:
+                raise FparError(
+                    f"train.select_metric={chosen} is not a metric of this run (it has {', '.join(sorted(ev))}); "
+                    "choose one of those"
+                )
+            if ev[chosen] > best.get(chosen, -1.0):  # strictly better, as the original selection
+                best = {"epoch": epoch + 1, "selected_on": chosen, **ev}
                 lock.check()
                 save_checkpoint(
                     {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
                 )
-                _write_confusion(run / "confusion.csv", conf, classes)
+                if conf is not None:
+                    _write_confusion(run / "confusion.csv", conf, classes)
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
         with open(run / "metrics.jsonl", "a") as fh:
@@ -443,6 +489,10 @@ def _epoch_line(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"loss {row['train_loss']:.3f}", f"train {row['train_top1']:.1f}%"]
     if "val_top1" in row:
         parts += [f"val {row['val_top1']:.1f}%", f"val loss {row['val_loss']:.3f}"]
+    if "val_action_top1" in row:
+        parts.append(
+            f"val verb/noun/action {row['val_verb_top1']:.1f}/{row['val_noun_top1']:.1f}/{row['val_action_top1']:.1f}%"
+        )
     for k, v in row.items():  # every auxiliary loss term the model returned (ms, disc, verb, noun, ...)
         if k.startswith("train_") and k.endswith("_loss") and k not in ("train_loss", "train_action_loss"):
             parts.append(f"{k[6:]} {v:.3f}")
@@ -474,10 +524,14 @@ def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device,
         "pair_videos": best.get("pair_videos"),
         "videos": best.get("videos"),
         "select_on": splits.select_on,
+        "selected_by": best.get("selected_on", "top1"),
         "split": splits.name,
         "epochs": cfg.train.epochs,
         "seed": cfg.seed,
     }
+    for k, v in best.items():  # every other metric the format defines (verb/noun/action top-k, groups)
+        if k not in s and k not in ("top1", "epoch", "selected_on", "loss") and isinstance(v, (int, float)):
+            s[k] = v
     if splits.select_on == "val":
         # the epoch was chosen on held-out training videos: report the test subjects once, on that checkpoint
         ckpt = load_checkpoint(run, "best")

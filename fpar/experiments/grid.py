@@ -17,6 +17,13 @@ A grid file (``configs/paper/fig21.yaml``) is YAML::
     published: {"row A": 61.21}        # optional: the report's numbers by point label or id
     pivot: {rows: [optim.lr], columns: sched.gamma}   # optional second table in the report's layout
 
+``folds:`` runs every (point, seed) once per fold, and the report shows the mean over the folds (per seed, then
+over seeds) and a column per fold. ``folds: loso`` (or ``folds: {loso: [S1, S2, S3, S4]}``) is
+leave-one-subject-out: one trial per test subject, with ``data.test_subjects: [S]`` and ``data.train_subjects``
+the other subjects (trial names end in ``-testS2``). ``folds: {key: data.split, values: [1, 2, 3]}`` is one trial
+per value with the override ``data.split=<value>`` (names end in ``-split1``: the key's last dotted part and the
+value); give at least two values.
+
 Tables that need earlier runs list ``stages:`` instead; each stage has the keys above (``base``, ``overrides``,
 ``grid``, ``points``, ``seeds``, ``report: false`` to keep it out of the table) and a ``name``. A value
 ``${stage:NAME}`` is the run folder of the matching trial of the earlier stage NAME: the same seed (or its only
@@ -75,6 +82,16 @@ class Ref:
     trial: str
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a cross-validation: its label (``S2``, ``1``), the overrides that make it, and the suffix of
+    its trial names (``testS2``, ``split1``)."""
+
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+    suffix: str
+
+
 @dataclass
 class Point:
     stage: str
@@ -109,10 +126,15 @@ class Grid:
     overrides: list[tuple[str, Any]]
     published: dict[str, float]
     columns: dict[str, str] | None  # display names of config keys; None: every varying key, last dotted part
-    folds: list[str] | None = None
+    folds: list[Fold] | None = None
+    fold_key: str | None = None  # what tells the folds apart: data.test_subjects (loso) or the key of folds: {key: ...}
     pivot: dict[str, Any] | None = None
     description: str = ""
     multi_stage: bool = False
+
+    @property
+    def fold_labels(self) -> list[str] | None:
+        return None if self.folds is None else [f.label for f in self.folds]
 
 
 @dataclass
@@ -343,16 +365,7 @@ def load_grid(path: str | Path) -> Grid:
         stages = [_stage({k: v for k, v in raw.items() if k in ("base", "grid", "points")}, path, "main")]
         multi = False
     seeds = _seeds(raw.get("seeds"), where) or [0]
-    folds = raw.get("folds")
-    if folds is not None:
-        if folds == "loso":
-            folds = list(DEFAULT_SUBJECTS)
-        elif isinstance(folds, dict) and list(folds) == ["loso"] and isinstance(folds["loso"], list):
-            folds = [str(s) for s in folds["loso"]]
-        else:
-            raise FparError(f"{where}: folds must be 'loso' or {{loso: [S1, S2, S3, S4]}}")
-        if len(folds) < 2:
-            raise FparError(f"{where}: leave-one-subject-out needs at least two subjects")
+    folds, fold_key = _folds(raw.get("folds"), where)
     published = raw.get("published") or {}
     if not isinstance(published, dict):
         raise FparError(f"{where}: published must map point labels or ids to numbers")
@@ -379,10 +392,64 @@ def load_grid(path: str | Path) -> Grid:
         published={str(k): float(v) for k, v in published.items()},
         columns=None if columns is None else {str(k): str(v) for k, v in columns.items()},
         folds=folds,
+        fold_key=fold_key,
         pivot=pivot,
         description=str(raw.get("description") or ""),
         multi_stage=multi,
     )
+
+
+_FOLD_FORMS = "'loso', {loso: [S1, S2, S3, S4]} or {key: data.split, values: [1, 2, 3]}"
+
+
+def _folds(raw: Any, where: str) -> tuple[list[Fold] | None, str | None]:
+    """``folds:`` as folds and the key that tells them apart (None, None when the grid has no folds)."""
+    if raw is None:
+        return None, None
+    bad = FparError(f"{where}: folds must be {_FOLD_FORMS}; got {raw!r}")
+    if raw == "loso" or (isinstance(raw, dict) and list(raw) == ["loso"]):
+        subjects = list(DEFAULT_SUBJECTS) if raw == "loso" else raw["loso"]
+        if not isinstance(subjects, list):
+            raise bad
+        subjects = [str(x) for x in subjects]
+        if len(subjects) < 2:
+            raise FparError(f"{where}: leave-one-subject-out needs at least two subjects")
+        if len(set(subjects)) != len(subjects):
+            raise FparError(f"{where}: folds: {{loso: {subjects}}} repeats a subject")
+        folds = [
+            Fold(
+                label=s,
+                overrides=(("data.train_subjects", [x for x in subjects if x != s]), ("data.test_subjects", [s])),
+                suffix=f"test{s}",
+            )
+            for s in subjects
+        ]
+        return folds, "data.test_subjects"
+    if not isinstance(raw, dict) or set(raw) != {"key", "values"} or not isinstance(raw["key"], str):
+        raise bad
+    key, values = raw["key"], raw["values"]
+    if not isinstance(values, list) or not all(
+        isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise FparError(
+            f"{where}: folds: {{key: {key}, values: ...}} needs a list of numbers or strings; got {values!r}"
+        )
+    if key in ("seed", "name"):
+        raise FparError(f"{where}: folds cannot vary '{key}'; use seeds: for seeds")
+    _check_key(key, f"{where} (folds)")
+    if len(values) < 2:
+        raise FparError(f"{where}: folds: {{key: {key}, values: ...}} needs at least two values; got {values!r}")
+    labels = [format_value(v) for v in values]
+    if len(set(labels)) != len(labels):
+        raise FparError(f"{where}: folds: {{key: {key}, values: {values!r}}} repeats a value")
+    last = key.split(".")[-1]
+    folds = [
+        Fold(label=lab, overrides=((key, v),), suffix=_slug(f"{last}{_id_value(v)}")) for lab, v in zip(labels, values)
+    ]
+    suffixes = [f.suffix for f in folds]
+    if len(set(suffixes)) != len(suffixes):
+        raise FparError(f"{where}: folds: {{key: {key}, values: {values!r}}} give two folds one trial name")
+    return folds, key
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -472,13 +539,18 @@ def expand(
     g = grid if isinstance(grid, Grid) else load_grid(grid)
     extra = _overrides(list(extra_overrides), "the command line")
     top_seeds = list(seeds) if seeds is not None else g.seeds
-    folds = g.folds or [None]
+    folds: list[Fold | None] = list(g.folds or [None])
     trials: list[Trial] = []
     by_stage: dict[str, list[Trial]] = {}
     points_of: dict[str, list[Point]] = {}
     all_labels: dict[str, Point] = {}
     for stage in g.stages:
         points_of[stage.name] = stage_points(g, stage)
+    if g.folds and g.fold_key != "data.test_subjects":
+        fk = canonical_key(g.fold_key)
+        clash = sorted({k for pts in points_of.values() for p in pts for k in p.values if canonical_key(k) == fk})
+        if clash:
+            raise FparError(f"grid file {g.path}: {clash[0]} is both the folds key and set by a point; keep one")
     reported = [p for pts in points_of.values() for p in pts if p.report]
     labels = [p.label for p in reported]
     for p in reported:  # the same automatic label in two stages: say which stage
@@ -497,14 +569,12 @@ def expand(
         stage_seeds = stage.seeds or top_seeds
         for p in points:
             for seed in stage_seeds:
-                for fold in folds:
-                    name = _trial_name(g, stage.name, p.id, seed, fold)
+                for f in folds:
+                    fold = None if f is None else f.label
+                    name = _trial_name(g, stage.name, p.id, seed, f)
                     ov: list[tuple[str, Any]] = [*g.overrides, *stage.overrides, *p.values.items()]
-                    if fold is not None:
-                        ov += [
-                            ("data.train_subjects", [s for s in g.folds if s != fold]),
-                            ("data.test_subjects", [fold]),
-                        ]
+                    if f is not None:
+                        ov += [(k, copy.deepcopy(v)) for k, v in f.overrides]
                     ov += extra
                     ov += [("seed", seed), ("name", f"{g.name}/{name}")]
                     deps: list[str] = []
@@ -548,10 +618,10 @@ def expand(
     return trials
 
 
-def _trial_name(g: Grid, stage: str, point: str, seed: int, fold: str | None) -> str:
+def _trial_name(g: Grid, stage: str, point: str, seed: int, fold: Fold | None) -> str:
     name = f"{point}-seed{seed}"
     if fold is not None:
-        name += f"-test{fold}"
+        name += f"-{fold.suffix}"
     return f"{stage}--{name}" if g.multi_stage else name
 
 

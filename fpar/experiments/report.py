@@ -4,7 +4,10 @@
 
     table.md     one table per sweep (and one for loose run folders): a row per grid point with the mean and the
                  sample standard deviation (ddof=1) over seeds of best_top1 (and final_top1, top5, mean_class_acc,
-                 pair_top1, test_top1 when present), n seeds, the report's number beside ours; best row in bold
+                 pair_top1, test_top1 when present; then verb/noun/action metrics such as verb_top1, action_top5,
+                 unseen_action_top1 when some run has them), n seeds, the report's number beside ours; best row in
+                 bold. Grids with ``folds:`` average each seed over its folds first and add a column per fold
+                 (``test S1`` for leave-one-subject-out, ``split 1`` for ``folds: {key: data.split, ...}``)
     table.csv    the same rows, one line each, with a ``best`` column
     figures/     validation accuracy and loss per epoch (one line per point: the mean over its runs; Figures 8-9),
                  per run: train/val accuracy and loss with the LR phases coloured and LR steps as grey lines
@@ -44,6 +47,23 @@ METRICS = (
     ("pair_top1", "motion pairs"),
     ("test_top1", "test top-1"),
 )
+# verb/noun/action metrics (EPIC-Kitchens / EGTEA style summaries): columns after METRICS, only when some run of the
+# table has them; other ``[unseen_|tail_](verb|noun|action)_topK`` keys follow in sorted order
+EXTRA_METRICS = (
+    ("verb_top1", "verb top-1"),
+    ("verb_top5", "verb top-5"),
+    ("noun_top1", "noun top-1"),
+    ("noun_top5", "noun top-5"),
+    ("action_top1", "action top-1"),
+    ("action_top5", "action top-5"),
+    ("unseen_verb_top1", "unseen verb top-1"),
+    ("unseen_noun_top1", "unseen noun top-1"),
+    ("unseen_action_top1", "unseen action top-1"),
+    ("tail_verb_top1", "tail verb top-1"),
+    ("tail_noun_top1", "tail noun top-1"),
+    ("tail_action_top1", "tail action top-1"),
+)
+_EXTRA_METRIC = re.compile(r"^(unseen_|tail_)?(verb|noun|action)_top(\d+)$")
 # config keys that do not make two loose runs different grid points
 logger = logging.getLogger(__name__)
 
@@ -62,6 +82,7 @@ class RunData:
     summary: dict[str, Any] | None
     history: list[dict[str, Any]]
     config: dict[str, Any]
+    fold: str | None = None  # the fold label the sweep recorded for the trial (None: not known)
 
     @property
     def finished(self) -> bool:
@@ -109,6 +130,8 @@ class Row:
     published: float | None = None
     seeds: list[int] = field(default_factory=list)
     folds: list[str] | None = None
+    fold_key: str | None = None  # data.test_subjects (loso) or the key of folds: {key: ..., values: ...}
+    metrics: list[tuple[str, str]] = field(default_factory=lambda: list(METRICS))
     stats: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
     fold_means: dict[str, float | None] = field(default_factory=dict)
     best: bool = False
@@ -127,7 +150,9 @@ class Table:
     description: str = ""
     pivot: dict[str, Any] | None = None
     folds: list[str] | None = None
+    fold_key: str | None = None
     source: str = ""
+    metrics: list[tuple[str, str]] = field(default_factory=lambda: list(METRICS))  # METRICS, then extra ones present
 
     @property
     def runs(self) -> list[RunData]:
@@ -144,16 +169,53 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
     return m, s, len(v)
 
 
+def _metric_title(key: str) -> str:
+    m = _EXTRA_METRIC.match(key)
+    if not m:
+        return key
+    return f"{(m.group(1) or '').rstrip('_') + ' ' if m.group(1) else ''}{m.group(2)} top-{m.group(3)}"
+
+
+def table_metrics(runs: list[RunData]) -> list[tuple[str, str]]:
+    """METRICS, then the verb/noun/action metrics that some run's summary holds (EXTRA_METRICS first, in order)."""
+    present = {k for r in runs if r.summary for k, v in r.summary.items() if isinstance(v, (int, float))}
+    known = [k for k, _ in (*METRICS, *EXTRA_METRICS)]
+    extra = [(k, t) for k, t in EXTRA_METRICS if k in present]
+    extra += [(k, _metric_title(k)) for k in sorted(present) if _EXTRA_METRIC.match(k) and k not in known]
+    return [*METRICS, *extra]
+
+
+def fold_title(label: str, fold_key: str | None) -> str:
+    """The column of one fold: ``test S1`` for leave-one-subject-out, ``split 1`` for ``folds: {key: data.split}``."""
+    if fold_key is None or canonical_key(fold_key) == canonical_key("data.test_subjects"):
+        return f"test {label}"
+    return f"{fold_key.split('.')[-1]} {label}"
+
+
+def _run_fold(r: RunData, fold_key: str | None) -> str:
+    """The fold of a run: the label sweep.json recorded for its trial, else read from its config (old sweeps)."""
+    if r.fold is not None:
+        return str(r.fold)
+    from .grid import format_value
+
+    key = fold_key or "data.test_subjects"
+    v = flat_dict(r.config).get(canonical_key(key))
+    if canonical_key(key) == canonical_key("data.test_subjects"):
+        return str((v or ["?"])[0])
+    return "?" if v is None else format_value(v)
+
+
 def _row_stats(row: Row) -> None:
     done = [r for r in row.runs if r.finished]
     if row.folds:
-        # leave-one-subject-out: per seed, the mean over its folds (only seeds with every fold finished)
+        # cross-validation (leave-one-subject-out or folds: {key: ...}): per seed, the mean over its folds (only
+        # seeds with every fold finished)
         per_seed: dict[int, dict[str, dict[str, Any]]] = {}
         for r in done:
-            fold = (flat_dict(r.config).get(canonical_key("data.test_subjects")) or ["?"])[0]
+            fold = _run_fold(r, row.fold_key)
             per_seed.setdefault(int(r.summary.get("seed", 0)), {})[fold] = r.summary
         complete = {s: f for s, f in per_seed.items() if set(row.folds) <= set(f)}
-        for key, _ in METRICS:
+        for key, _ in row.metrics:
             vals = []
             for folds in complete.values():
                 xs = [folds[f].get(key) for f in row.folds]
@@ -163,7 +225,7 @@ def _row_stats(row: Row) -> None:
         for f in row.folds:
             row.fold_means[f] = mean_std([d[f].get("best_top1") for d in per_seed.values() if f in d])[0]
         return
-    for key, _ in METRICS:
+    for key, _ in row.metrics:
         row.stats[key] = mean_std([r.summary.get(key) for r in done])
 
 
@@ -176,6 +238,8 @@ def _sweep_table(path: Path) -> Table:
     for p in points:
         trials = [t for t in m["trials"] if t["stage"] == p["stage"] and t["point"] == p["point"]]
         runs = [load_run_data(path / t["run"], t["name"]) for t in trials]
+        for r, t in zip(runs, trials):
+            r.fold = None if t.get("fold") is None else str(t["fold"])
         values = dict(p.get("values") or {})
         for k in values:  # what the runs really used (a command-line override may have replaced the grid's value)
             used = {
@@ -194,6 +258,7 @@ def _sweep_table(path: Path) -> Table:
                 published=p.get("published"),
                 seeds=sorted({t["seed"] for t in trials}),
                 folds=m.get("folds"),
+                fold_key=m.get("fold_key"),
             )
         )
     keys: list[str] = []
@@ -214,6 +279,7 @@ def _sweep_table(path: Path) -> Table:
         description=m.get("description") or "",
         pivot=m.get("pivot"),
         folds=m.get("folds"),
+        fold_key=m.get("fold_key"),
         source=str(path),
     )
 
@@ -282,7 +348,9 @@ def collect(paths: list[str | os.PathLike]) -> list[Table]:
     if loose:
         tables.append(_loose_table([r for r in loose if r.finished] or loose))
     for t in tables:
+        t.metrics = table_metrics(t.runs)
         for row in t.rows:
+            row.metrics = t.metrics
             _row_stats(row)
         scored = [r for r in t.rows if _headline(r, t)[0] is not None]
         if scored:
@@ -317,8 +385,10 @@ def protocol(table: Table) -> str:
         {",".join(flat_dict(r.config).get(canonical_key("data.test_subjects")) or []) for r in runs} - {""}
     )
     sel = sorted({r.summary.get("select_on") for r in runs} - {None})
-    if table.folds:
+    if table.folds and fold_title("x", table.fold_key).startswith("test "):
         size = f"leave-one-subject-out over {', '.join(table.folds)} (each fold tests one subject; mean over folds)"
+    elif table.folds:
+        size = f"{len(table.folds)} folds over {table.fold_key} = {', '.join(table.folds)} (mean over folds)"
     else:
         v = "/".join(str(x) for x in videos) or "?"
         size = f"test set: {v} videos (subjects {'; '.join(subjects) or '?'})"
@@ -359,7 +429,7 @@ def _fmt_value(v: Any) -> str:
 
 
 def _shown_metrics(table: Table) -> list[tuple[str, str]]:
-    return [(k, t) for k, t in METRICS if any(r.stats.get(k, (None,))[0] is not None for r in table.rows)] or [
+    return [(k, t) for k, t in table.metrics if any(r.stats.get(k, (None,))[0] is not None for r in table.rows)] or [
         METRICS[0]
     ]
 
@@ -374,7 +444,7 @@ def table_rows(table: Table) -> list[dict[str, Any]]:
             d[k] = _fmt_value(r.values[k]) if k in r.values else ""
         d["n"] = r.n
         d["expected"] = r.expected // max(len(r.folds or [None]), 1)
-        for k, _ in METRICS:
+        for k, _ in table.metrics:
             m, s, _n = r.stats.get(k, (None, None, 0))
             d[f"{k}_mean"] = None if m is None else round(m, 4)
             d[f"{k}_std"] = None if s is None else round(s, 4)
@@ -395,7 +465,7 @@ def markdown_table(table: Table) -> str:
     cols = ["row", *table.columns.values(), "n"]
     cols += [f"{t} (mean ± std)" if k == head else t for k, t in metrics]
     if table.folds:
-        cols += [f"test {f}" for f in table.folds]
+        cols += [fold_title(f, table.fold_key) for f in table.folds]
     if has_pub:
         cols += ["report", "ours - report"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

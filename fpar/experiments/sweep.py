@@ -505,7 +505,8 @@ def write_manifest(sweep: Path, grid: Grid, trials: list[Trial], url: str, extra
         "study": grid.name,
         "extra_overrides": list(extra),
         "seeds": seeds,
-        "folds": grid.folds,
+        "folds": grid.fold_labels,  # the folds' labels (loso: the test subjects), as the trials' "fold"
+        "fold_key": grid.fold_key,  # data.test_subjects for loso, else the key of folds: {key: ..., values: ...}
         "columns": grid.columns,
         "pivot": grid.pivot,
         "stages": [s.name for s in grid.stages],

@@ -70,14 +70,15 @@ class Job:
     instance: str
     start: float | None = None  # seconds (videos only)
     end: float | None = None
+    dest: str | None = None  # native layouts: the clip (EGTEA) or <participant>/<video> (EPIC) the outputs belong to
 
     @property
     def key(self) -> str:
-        return f"{self.subject}/{self.cls}/{self.instance}"
+        return self.dest or f"{self.subject}/{self.cls}/{self.instance}"
 
     @property
     def is_frames(self) -> bool:
-        return Path(self.source).is_dir()
+        return Path(self.source).is_dir() or self.source.endswith(".tar")
 
 
 # ----------------------------------------------------------------------------------------------- input discovery
@@ -243,9 +244,9 @@ def _fingerprint(job: Job) -> dict[str, Any]:
         return {"missing": True}
 
 
-def _count(folder: Path, prefix: str) -> int:
+def _count(folder: Path, prefix: str, suffix: str = ".png") -> int:
     try:
-        return sum(1 for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(".png"))
+        return sum(1 for e in os.scandir(folder) if e.name.startswith(prefix) and e.name.endswith(suffix))
     except OSError:
         return -1
 
@@ -330,8 +331,20 @@ def _frames(job: Job, fps: float | None, short_side: int | None) -> Iterator[np.
             raise FparError(f"{job.source} is a frame folder: start/end (seconds) only apply to video files")
         if fps is not None:
             log.info("%s is a frame folder: fps=%s ignored (frames are used as they are)", job.source, fps)
+        if job.source.endswith(".tar"):
+            return _iter_tar(job.source, short_side)
         return iter_frame_folder(job.source, short_side=short_side)
     return iter_video(job.source, fps=fps, short_side=short_side, start=job.start, end=job.end)
+
+
+def _iter_tar(tar: str, short_side: int | None) -> Iterator[np.ndarray]:
+    """The frames ``frame_<n>.jpg`` of an EPIC-style tar in number order, read in place (nothing is extracted)."""
+    from fpar.data.frames import tar_numbers
+    from fpar.data.imageio import read_rgb
+    from fpar.video.io import resize_short_side
+
+    for k in tar_numbers(tar):
+        yield resize_short_side(read_rgb(f"{tar}::frame_{k:010d}.jpg"), short_side)
 
 
 def _replace_dir(src: Path, dest: Path, trash: Path) -> None:
@@ -352,6 +365,8 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = Path(root)
     tmp = out / TMP_NAME / uuid.uuid4().hex
+    if settings.get("layout", "gtea61") != "gtea61":
+        return _process_native(job, out, tmp, settings, t0)
     try:
         frames_tmp, fx_tmp, fy_tmp = tmp / "frames", tmp / "flow_x", tmp / "flow_y"
         rgb_dir, map_dir = frames_tmp / "rgb", frames_tmp / "mmaps"
@@ -388,6 +403,113 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+NATIVE_LAYOUTS = ("gtea61", "egtea", "epic100")
+
+
+def native_targets(layout: str, key: str) -> tuple[str | None, str]:
+    """Where `_process_native` puts a video's frames and flow, relative to ``out``: (frames folder or None, flow folder
+    holding ``u/`` and ``v/``). EGTEA: ``frames/<clip>``, ``flow/<clip>``; EPIC: flow only,
+    ``<participant>/flow_frames/<video>`` (the readers' prepared layouts)."""
+    if layout == "egtea":
+        return f"frames/{key}", f"flow/{key}"
+    return None, f"{key.split('/')[0]}/flow_frames/{key.split('/')[-1]}"
+
+
+def _process_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any], t0: float) -> dict[str, Any]:
+    """One EGTEA clip or EPIC video: frames as ``frame_%010d.jpg`` (EGTEA only: EPIC has its frames) and warp flow
+    ``flow/{u,v}/frame_%010d.png`` (fpar's encoding, flow k from frame k to k+1, PNG so nothing is lost)."""
+    import cv2
+
+    from fpar.data.flowcodec import encode_flow
+    from fpar.video.flow import to_grey, warp_flow
+
+    frames_rel, flow_rel = native_targets(settings["layout"], job.key)
+    try:
+        rgb_tmp, flow_tmp = tmp / "frames", tmp / "flow"
+        for d in (rgb_tmp, flow_tmp / "u", flow_tmp / "v"):
+            d.mkdir(parents=True)
+        n = 0
+        prev = None
+        for rgb in _frames(job, settings["fps"], settings["short_side"]):
+            n += 1
+            if frames_rel is not None:
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                (rgb_tmp / f"frame_{n:010d}.jpg").write_bytes(buf.tobytes())
+            grey = to_grey(rgb)
+            if prev is not None:
+                wf = warp_flow(prev, grey, settings["flow_method"])  # flow n-1 -> n, (H, W, 2)
+                _write_png(flow_tmp / "u" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 0]))
+                _write_png(flow_tmp / "v" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 1]))
+            prev = grey
+        if n < 2:
+            raise FparError(f"{job.source}: {n} frame(s) decoded; optical flow needs at least 2")
+        _replace_dir(flow_tmp, out / flow_rel, tmp / "old_flow")  # flow first, frames last (they make it visible)
+        if frames_rel is not None:
+            _replace_dir(rgb_tmp, out / frames_rel, tmp / "old_frames")
+        return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0}
+    except Exception as e:
+        msg = str(e) if isinstance(e, FparError) else f"{type(e).__name__}: {e}"
+        return {"key": job.key, "ok": False, "error": msg, "traceback": traceback.format_exc()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _native_complete(root: Path, layout: str, key: str, n: int) -> bool:
+    frames_rel, flow_rel = native_targets(layout, key)
+    if frames_rel is not None and _count(root / frames_rel, "frame_", ".jpg") != n:
+        return False
+    return all(_count(root / flow_rel / c, "frame_") == n - 1 for c in ("u", "v"))
+
+
+def discover_native(layout: str, root: str | os.PathLike) -> tuple[list[Job], list[str]]:
+    """The jobs of a dataset in its native format: every EGTEA clip of the three splits that exists, or every EPIC
+    video that has RGB frames (folder or tar) and no flow. Returns (jobs, notes about what is skipped)."""
+    from fpar.data.readers.egtea import EGTEAConfig, _session, read_index, read_split
+    from fpar.data.readers.epic100 import COLUMNS, Epic100Config, annotations_dir, read_rows
+
+    root = Path(root)
+    jobs: list[Job] = []
+    notes: list[str] = []
+    if layout == "egtea":
+        block = EGTEAConfig()
+        ann = root / block.annotations
+        problems: list = []
+        idx = tuple(read_index(ann / f"{w}_idx.txt", problems, root) for w in ("action", "verb", "noun"))
+        clips: dict[str, None] = {}
+        for k in (1, 2, 3):
+            for role in ("train", "test"):
+                p = ann / f"{role}_split{k}.txt"
+                if p.is_file():
+                    clips.update((sl.clip, None) for sl in read_split(p, role, idx, problems, root))
+        for clip in clips:
+            src = root / block.clips_dir / _session(clip) / f"{clip}.mp4"
+            if src.is_file():
+                jobs.append(Job(str(src), clip.split("-")[0], "", clip, dest=clip))
+            else:
+                notes.append(f"{os.path.relpath(src, root)} is missing (named by the split files): skipped")
+        return jobs, notes
+    block = Epic100Config()
+    ann = annotations_dir(root, block)
+    seen: dict[str, str] = {}
+    for name in (block.train_csv, block.test_csv, "EPIC_100_test_timestamps.csv"):
+        p = ann / name
+        if p.is_file():
+            cols = COLUMNS if name != "EPIC_100_test_timestamps.csv" else COLUMNS[:8]
+            for _, row in read_rows(p, cols, [], root):
+                seen.setdefault(row["video_id"].strip(), row["participant_id"].strip())
+    for video, part in seen.items():
+        rgb = root / part / "rgb_frames"
+        flow = root / part / "flow_frames"
+        if (flow / video).is_dir() or (flow / f"{video}.tar").is_file():
+            continue  # the dataset's own flow is used
+        src = rgb / video if (rgb / video).is_dir() else rgb / f"{video}.tar"
+        if not src.exists():
+            notes.append(f"{part}/rgb_frames/{video} has no frames (folder or tar): skipped")
+            continue
+        jobs.append(Job(str(src), part, "", video, dest=f"{part}/{video}"))
+    return jobs, notes
+
+
 def _worker_init() -> None:
     # One process per core: OpenCV's own thread pool would oversubscribe the CPUs.
     import cv2
@@ -409,6 +531,7 @@ def prepare(
     workers: int = 1,
     frames_dir: str = GTEA61Config.frames_dir,
     progress: bool = True,
+    layout: str = "gtea61",
 ) -> dict[str, Any]:
     """Decode videos, resize frames, compute warp flows and motion maps, and write the course layout under ``out``.
 
@@ -425,6 +548,11 @@ def prepare(
             ``if __name__ == "__main__":`` guard); 1 runs in this process.
         frames_dir: name of the folder holding ``rgb/`` and ``mmaps/``.
         progress: show a tqdm progress bar (on stderr).
+        layout: ``gtea61`` (the course layout above, from videos in subject/class folders or a CSV), or a native
+            dataset ``videos`` is the root of: ``egtea`` (frames and flow of every clip of the split files, under
+            ``out/frames/<clip>/`` and ``out/flow/<clip>/{u,v}/``; the annotations are copied, so ``out`` is an EGTEA
+            root) or ``epic100`` (flow for the videos that have RGB frames only, under
+            ``out/<participant>/flow_frames/<video>/{u,v}/``: point ``data.epic100.flow_root`` at ``out``).
 
     Returns:
         ``{"root", "videos", "processed": [keys], "skipped": [keys], "failed": [{"key", "source", "error"}],
@@ -450,10 +578,25 @@ def prepare(
 
         _flow_object("tvl1")  # fail fast (clear FparError) when OpenCV lacks the contrib modules
 
-    jobs = discover(videos, csv=csv)
+    if layout not in NATIVE_LAYOUTS:
+        raise FparError(f"prepare --format {layout}: choose one of {', '.join(NATIVE_LAYOUTS)}")
+    notes: list[str] = []
+    if layout == "gtea61":
+        jobs = discover(videos, csv=csv)
+    else:
+        if videos is None or not Path(videos).is_dir():
+            raise FparError(f"prepare --format {layout}: {videos} is not a dataset folder")
+        jobs, notes = discover_native(layout, videos)
+        for note in notes:
+            log.warning("prepare: %s", note)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
+    if layout == "egtea":  # out becomes an EGTEA root: its annotations beside the frames
+        ann = Path(videos) / "action_annotation"
+        if not (root / "action_annotation").exists():
+            shutil.copytree(ann, root / ".fpar-tmp-annotations", dirs_exist_ok=True)
+            os.replace(root / ".fpar-tmp-annotations", root / "action_annotation")
     settings = {
         "fps": fps,
         "short_side": None if short_side is None else int(short_side),
@@ -462,6 +605,8 @@ def prepare(
         "frames_dir": frames_dir,
         "flow_bound": 20.0,
     }
+    if layout != "gtea61":
+        settings["layout"] = layout
     t_start = time.perf_counter()
     summary: dict[str, Any] = {
         "root": str(root),
@@ -473,6 +618,7 @@ def prepare(
         "seconds": 0.0,
         "flow_method": flow_method,
         "manifest": str(root / MANIFEST_NAME),
+        "notes": notes,
     }
     with _Lock(root / LOCK_NAME):
         shutil.rmtree(root / TMP_NAME, ignore_errors=True)  # leftovers of an interrupted run (we hold the lock)
@@ -494,7 +640,11 @@ def prepare(
             if (
                 old is not None
                 and all(old.get(k) == v for k, v in record.items())
-                and _outputs_complete(root, frames_dir, job.key, int(old.get("frames", -1)))
+                and (
+                    _outputs_complete(root, frames_dir, job.key, int(old.get("frames", -1)))
+                    if layout == "gtea61"
+                    else _native_complete(root, layout, job.key, int(old.get("frames", -1)))
+                )
             ):
                 summary["skipped"].append(job.key)
             else:

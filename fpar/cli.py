@@ -397,6 +397,9 @@ def demo(
 def prepare(
     videos: str = typer.Argument(..., help="VIDEOS/<subject>/<class>/<instance>.<ext> (or frame folders), or a .csv"),
     out: str = typer.Argument(..., help="dataset root to write (GTEA61 course layout)"),
+    fmt: str = typer.Option(
+        "gtea61", "--format", help="gtea61 (videos in class folders) | egtea | epic100 (VIDEOS is that dataset's root)"
+    ),
     csv: str | None = typer.Option(None, "--csv", help="CSV video,subject,class[,start,end] (paths relative to it)"),
     workers: int = typer.Option(1, "--workers", help="processes"),
     fps: float | None = typer.Option(None, "--fps", help="resample videos to this frame rate (default: native)"),
@@ -417,6 +420,7 @@ def prepare(
         flow_method=flow,
         workers=workers,
         progress=not (quiet or json_out),
+        layout=fmt,
     )
     failed = s["failed"]
     if json_out:
@@ -440,18 +444,33 @@ def prepare(
 @app.command()
 def predict(
     run: str = typer.Argument(..., help="run folder or checkpoint (any model)"),
-    video: str = typer.Argument(..., help="video file or frame folder"),
+    video: str | None = typer.Argument(None, help="video file or frame folder"),
     top: int = typer.Option(5, "--top", help="how many classes to show"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     cam_dir: str | None = typer.Option(None, "--cam", help="folder for CAM overlays of the sampled frames (PNG)"),
     flow: str = typer.Option("dis", "--flow", help="flow models: dis (fast) | tvl1 (reference) | farneback"),
     fps: float | None = typer.Option(None, "--fps", help="resample the video to this frame rate first"),
     short_side: int | None = typer.Option(None, "--short-side", help="frame size, px (default: data.scale_size)"),
+    epic_test: str | None = typer.Option(None, "--epic-test", help="EPIC_100_test_timestamps.csv: write a submission"),
+    out: str | None = typer.Option(None, "--out", help="--epic-test: the submission JSON to write"),
+    sls: str | None = typer.Option(None, "--sls", help="--epic-test: supervision levels PT,TL,TD (0-5 each)"),
+    root: str | None = typer.Option(None, "--root", help="--epic-test: EPIC frames folder (default: the run's)"),
 ):
-    """Classify a raw video (or frame folder) with a trained run; flow is computed on the fly."""
+    """Classify a raw video (or frame folder) with a trained run; flow is computed on the fly. With --epic-test,
+    score EPIC-KITCHENS-100's test segments and write the challenge's submission JSON."""
     from .video.predict import predict_video
 
     _threads()
+    if epic_test is not None:
+        from .experiments.submission import epic_submission
+
+        if video is not None or not out:
+            raise FparError("usage: fpar predict RUN --epic-test CSV --out FILE.json --sls PT,TL,TD (no VIDEO)")
+        s = epic_submission(run, epic_test, out, sls=sls, root=root)
+        typer.echo(json.dumps(s) if json_out else f"wrote {s['segments']} segments' verb and noun scores to {s['out']}")
+        return
+    if video is None:
+        raise FparError("give a VIDEO (file or frame folder) to classify, or --epic-test CSV --out FILE.json")
     r = predict_video(run, video, top=top, cam_out=cam_dir, flow_method=flow, fps=fps, short_side=short_side)
     if json_out:
         typer.echo(json.dumps(r, indent=2))

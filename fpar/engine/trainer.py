@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, save_config, to_dict
@@ -157,11 +158,13 @@ def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool 
             out = forward_batch(model, cfg, batch, train=False)
         out.logits = out.logits.float()
         fault("eval")
-        losses.append(torch.nn.functional.cross_entropy(out.logits, batch["label"], reduction="sum").item())
+        # unlabelled segments (EPIC's test split: label -1) score no loss
+        losses.append(F.cross_entropy(out.logits, batch["label"], reduction="sum", ignore_index=-1).item())
         got = {"logits": out.logits, "labels": batch["label"], "index": batch["index"]}
-        if getattr(out, "verb_logits", None) is not None and "verb" in batch:
+        if getattr(out, "verb_logits", None) is not None:
             got.update(verb_logits=out.verb_logits.float(), noun_logits=out.noun_logits.float())
-            got.update(verb=batch["verb"], noun=batch["noun"])
+            if "verb" in batch:  # unlabelled segments (a submission) have scores but no targets
+                got.update(verb=batch["verb"], noun=batch["noun"])
         for k, v in got.items():
             parts.setdefault(k, []).append(torch.as_tensor(v).cpu())
     n = sum(len(x) for x in parts.get("labels", []))

@@ -43,6 +43,22 @@ def _course(root: Path, data=None) -> bool:
     return any((root / name).is_dir() for name in names)
 
 
+def _egornn(root: Path) -> bool:
+    """``frames/<subject>/<class>/...``: folders two levels down (other datasets' ``frames/<clip>/`` hold files)."""
+    frames = root / "frames"
+    if not frames.is_dir():
+        return False
+    try:
+        for i, sub in enumerate(frames.iterdir()):
+            if sub.is_dir() and any(c.is_dir() for c in sub.iterdir()):
+                return True
+            if i > 20:
+                break
+    except OSError:
+        return True  # unreadable: let the reader say so
+    return not any(frames.iterdir())
+
+
 def _read(layout: str):
     def read(root, block: GTEA61Config, data) -> Manifest:
         return discover(root, layout=layout, frames_dir=block.frames_dir)
@@ -90,7 +106,7 @@ register_reader(
     ReaderSpec(
         name="egornn",
         read=_read("egornn"),
-        detect=lambda root, data=None: (root / "frames").is_dir() and not _course(root, data),
+        detect=lambda root, data=None: _egornn(root) and not _course(root, data),
         description="GTEA61, original Ego-RNN layout: frames/S1/<class>/<inst>/image_00001.jpg, flow_x/, flow_y/",
         **_COMMON,
     )

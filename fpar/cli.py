@@ -431,8 +431,8 @@ def prepare(
             f"{s['seconds']:.1f} s -> {s['root']}"
         )
         typer.echo(f"skipped {len(s['skipped'])} video(s) already prepared with the same settings")
-        if fmt == "epic100":
-            typer.echo(f"train with data.epic100.flow_root={s['root']} to use this flow (videos without their own)")
+        if s.get("next"):
+            typer.echo(s["next"])
         typer.echo(f"failed {len(failed)} video(s)" + (":" if failed else ""))
         for f in failed:
             typer.echo(f"  {f['key']} ({f['source']}): {f['error']}")

@@ -137,6 +137,11 @@ def tar_members(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
                 for m in tf:
                     if m.isfile():
                         index[_normalise_member(m.name)] = (m.offset_data, m.size)
+                # tarfile stops quietly at a header cut short by the end of the file (a download truncated at a
+                # member boundary): a complete tar ends with zero blocks where the next header would be.
+                tf.fileobj.seek(tf.offset)
+                if tf.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError(f"no end-of-archive marker after {len(index)} members: truncated")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise FparError(
                 f"{path} is not a readable uncompressed tar ({e}); download it again (a truncated download is the "

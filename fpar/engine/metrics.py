@@ -100,8 +100,8 @@ def classification_metrics(
         if n:
             rv, rn = epic_action_ranks(verb_logits, noun_logits, 5)
             hit = (rv == verb_labels[:, None]) & (rn == noun_labels[:, None])  # (N, 5): both right at that rank
-            out["action_top1"] = float(hit[:, 0].float().mean()) * 100
-            out["action_top5"] = float(hit.any(1).float().mean()) * 100
+            out["action_top1"] = float(hit[:, 0].double().mean()) * 100  # float64, like the other figures
+            out["action_top5"] = float(hit.any(1).double().mean()) * 100
             right["action"] = hit[:, 0].numpy()
         else:
             out["action_top1"] = out["action_top5"] = 0.0

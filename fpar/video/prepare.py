@@ -620,6 +620,8 @@ def prepare(
         "manifest": str(root / MANIFEST_NAME),
         "notes": notes,
     }
+    if layout == "epic100":
+        summary["next"] = f"train with data.epic100.flow_root={root} to use this flow (for videos without their own)"
     with _Lock(root / LOCK_NAME):
         shutil.rmtree(root / TMP_NAME, ignore_errors=True)  # leftovers of an interrupted run (we hold the lock)
         manifest_path = root / MANIFEST_NAME

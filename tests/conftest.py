@@ -16,6 +16,14 @@ REAL_CLIP = Path(os.environ.get("FPAR_REAL_CLIP", DATA / "gtea61-real-clip"))
 REAL_VIDEO = Path(os.environ.get("FPAR_REAL_VIDEO", DATA / "videos" / "ucf101-eyemakeup.avi"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Tar indices and clip probes go to a folder of this session, not to the user's ~/.cache/fpar."""
+    if "FPAR_CACHE_DIR" not in os.environ:
+        os.environ["FPAR_CACHE_DIR"] = str(tmp_path_factory.mktemp("fpar-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """The `tiny` synthetic preset (6 classes x 4 subjects, 114x64). Treat as read-only."""

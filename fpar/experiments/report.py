@@ -391,13 +391,14 @@ def protocol(table: Table) -> str:
         size = f"{len(table.folds)} folds over {table.fold_key} = {', '.join(table.folds)} (mean over folds)"
     else:
         v = "/".join(str(x) for x in videos) or "?"
-        size = f"test set: {v} videos (subjects {'; '.join(subjects) or '?'})"
+        splits = sorted({r.summary.get("split") for r in runs} - {None, ""})  # the readers' words for their splits
+        where = "; ".join(splits) if splits else f"subjects {'; '.join(subjects) or '?'}"  # summaries of fpar 0.1.0
+        size = f"test set: {v} videos ({where})"
     how = []
     for s in sel:
         if s == "test":
             how.append(
-                "epochs selected on test: the best epoch on the test subjects themselves, as the report did "
-                "(optimistic)"
+                "epochs selected on test: the best epoch on the test set itself, as the report did (optimistic)"
             )
         elif s == "val":
             how.append(

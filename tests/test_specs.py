@@ -155,7 +155,8 @@ def test_verb_noun_heads_train_for_any_family(name, tiny_root, tmp_path):
     s = train(cfg, log=lambda m: None)
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["train_loss"] == pytest.approx(row["train_verb_loss"] + row["train_noun_loss"], rel=1e-5)
-    assert "train_action_loss" not in row and s["verb_acc"] is not None
+    # verb / noun heads are scored by their own scores (EPIC's metrics), not through the predicted action
+    assert "train_action_loss" not in row and s["verb_top1"] is not None and s["action_top1"] is not None
     run = open_run(tmp_path / "r")
     head = run.model.classifier if name == "ego_rnn" else run.model.fc_action
     assert isinstance(head, VerbNounHead)  # rebuilt with its verb/noun head from the checkpoint alone

@@ -397,9 +397,7 @@ def protocol(table: Table) -> str:
     how = []
     for s in sel:
         if s == "test":
-            how.append(
-                "epochs selected on test: the best epoch on the test set itself, as the report did (optimistic)"
-            )
+            how.append("epochs selected on test: the best epoch on the test set itself, as the report did (optimistic)")
         elif s == "val":
             how.append(
                 "epochs selected on val: a validation split held out of the training subjects; 'test top-1' is "

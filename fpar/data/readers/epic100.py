@@ -134,13 +134,21 @@ class _Video:
             root / participant / "flow_frames" / f"{video}.tar",
         )
         self.problem: str | None = None
-        self.rgb_pattern, self.rgb_numbers = self._find(rgb_dir, rgb_tar, "")
-        if self.rgb_pattern is None:
+        self.flow_problem: str | None = None
+        try:
+            self.rgb_pattern, self.rgb_numbers = self._find(rgb_dir, rgb_tar, "")
+        except FparError as e:  # a broken tar: this video's segments are reported, the others are read
+            self.rgb_pattern, self.rgb_numbers, self.problem = None, [], str(e)
+        if self.rgb_pattern is None and self.problem is None:
             self.problem = f"no frames: neither {self.rgb_rel}/ nor {self.rgb_rel}.tar exists"
         self.stride = 2 if epic55(video) else 1
         self.flow_scale = (bounds[0] if epic55(video) else bounds[1]) / FPAR_FLOW_BOUND
-        self.u_pattern, self.u_numbers = self._find(flow_dir, flow_tar, "u")
-        self.v_pattern, self.v_numbers = self._find(flow_dir, flow_tar, "v")
+        try:
+            self.u_pattern, self.u_numbers = self._find(flow_dir, flow_tar, "u")
+            self.v_pattern, self.v_numbers = self._find(flow_dir, flow_tar, "v")
+        except FparError as e:
+            self.u_pattern, self.u_numbers, self.v_pattern, self.v_numbers = None, [], None, []
+            self.flow_problem = str(e)
         self.flow_rel = f"{participant}/flow_frames/{video}"
         if self.u_pattern is None and flow_root:  # fpar's own flow: every frame, fpar's encoding
             made = Path(flow_root) / participant / "flow_frames" / video
@@ -325,10 +333,11 @@ def _segment(
                 "missing_modality",
                 video.flow_rel,
                 (
-                    f"line {line}: no flow for frames {start}..{stop}: flow models skip this segment"
+                    f"{rel} line {line}: no flow for frames {start}..{stop}: flow models skip this segment"
                     if video.u_pattern is not None
-                    else f"line {line}: neither {video.flow_rel}/ nor {video.flow_rel}.tar exists: flow models skip "
-                    f"the segments of {vid}"
+                    else f"{rel} line {line}: "
+                    + (video.flow_problem or f"neither {video.flow_rel}/ nor {video.flow_rel}.tar exists")
+                    + f": flow models skip the segments of {vid}"
                 ),
                 False,
                 line,

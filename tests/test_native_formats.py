@@ -654,3 +654,50 @@ def test_cli_data_check(egtea, epic, capsys):
     assert p["line"] == _split_lines(3, "train").index(1) + 1 == 2
     assert r["splits"]["description"] == "EGTEA split 3"
     assert not math.isnan(r["frames"]["mean"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fpar prepare --format egtea | epic100
+
+
+def test_prepare_egtea_makes_a_root_the_reader_reads(egtea, tmp_path):
+    """Frames and warp flow of every clip that exists; the output is an EGTEA root whose records use them."""
+    from fpar.video.prepare import prepare
+
+    root, facts = egtea
+    out = tmp_path / "prepared"
+    s = prepare(str(root), out, layout="egtea", flow_method="dis", short_side=None, progress=False)
+    assert not s["failed"] and len(s["processed"]) == len(facts["frames"])
+    assert any(facts["missing_clip"] in n for n in s["notes"])
+    _, m = _read(out, "data.format=egtea")
+    by = {v.instance: v for v in m.videos}
+    for clip, n in facts["frames"].items():
+        v = by[clip]
+        assert len(v.rgb) == n and v.num_flows == n - 1 and v.flow_scale == 1.0
+        assert v.rgb[0].endswith(f"frames/{clip}/frame_0000000001.jpg") and v.flow_x[0].endswith(".png")
+    assert not by[facts["missing_clip"]].usable
+    # a second call skips everything (same sources, same settings, outputs complete)
+    again = prepare(str(root), out, layout="egtea", flow_method="dis", short_side=None, progress=False)
+    assert again["processed"] == [] and len(again["skipped"]) == len(facts["frames"])
+
+
+def test_prepare_epic_flow_for_videos_without_any(epic, tmp_path):
+    """Flow only for the video that has RGB and no flow; with data.epic100.flow_root its segments get it at full rate
+    and in fpar's encoding, and the dataset folder is not written to."""
+    from fpar.video.prepare import prepare
+
+    root, facts, files = epic
+    out = tmp_path / "flow"
+    s = prepare(str(root), out, layout="epic100", flow_method="dis", short_side=None, progress=False)
+    no_flow = [vid for vid, d in facts["videos"].items() if d["flow"] is None]
+    assert [k.split("/")[-1] for k in s["processed"]] == no_flow and not s["failed"]
+    assert _files(root) == files  # nothing written into the dataset
+    _, m = _read(root, "data.format=epic100", f"data.epic100.flow_root={out}")
+    segs = [v for v in m.videos if v.meta["video"] == no_flow[0]]
+    assert segs
+    n = facts["videos"][no_flow[0]]["frames"]
+    for v in segs:
+        first, last = v.meta["start_frame"], min(v.meta["stop_frame"], n - 1)
+        assert v.flow_stride == 1 and v.flow_scale == 1.0 and v.meta["flow_frames"] == [first, last]
+        assert v.flow_x[0].endswith(f"u/frame_{first:010d}.png")
+    assert not [p for p in m.problems if p.kind == "missing_modality" and no_flow[0] in p.path]

@@ -22,6 +22,9 @@ def find_video(manifest: Manifest, video: str) -> int:
     for i, v in enumerate(manifest.videos):
         if v.key == key:
             return i
+    for i, v in enumerate(manifest.videos):  # a clip name (EGTEA) or a narration id (EPIC): class names hold "/"
+        if v.instance == key:
+            return i
     p = Path(os.path.abspath(video))
     for i, v in enumerate(manifest.videos):
         inst = Path(v.rgb[0]).parent if v.rgb else None
@@ -29,7 +32,9 @@ def find_video(manifest: Manifest, video: str) -> int:
         if inst is not None and (p == inst or inst in p.parents):
             return i
     examples = ", ".join(v.key for v in manifest.videos[:3])
-    raise FparError(f"video '{video}' not found in {manifest.root}; name it SUBJECT/CLASS/INSTANCE, e.g. {examples}")
+    raise FparError(
+        f"video '{video}' not found in {manifest.root}; name it SUBJECT/CLASS/INSTANCE (e.g. {examples}) or by its clip name / narration id"
+    )
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

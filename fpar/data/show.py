@@ -33,7 +33,8 @@ def find_video(manifest: Manifest, video: str) -> int:
             return i
     examples = ", ".join(v.key for v in manifest.videos[:3])
     raise FparError(
-        f"video '{video}' not found in {manifest.root}; name it SUBJECT/CLASS/INSTANCE (e.g. {examples}) or by its clip name / narration id"
+        f"video '{video}' not found in {manifest.root}; name it SUBJECT/CLASS/INSTANCE (e.g. {examples}) or by its "
+        "clip name / narration id"
     )
 
 

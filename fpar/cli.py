@@ -533,8 +533,16 @@ def sweep_cmd(
     max_trials: int | None = typer.Option(None, "--max-trials", help="start at most N trials in this call"),
     no_retry: bool = typer.Option(False, "--no-retry-failed", help="do not run failed trials again"),
     status: bool = typer.Option(False, "--status", help="print the state of every trial; train nothing"),
+    stale_after: float = typer.Option(
+        900.0, "--stale-after", help="seconds without a heartbeat after which another host's trial is taken over"
+    ),
+    no_wait: bool = typer.Option(
+        False, "--no-wait", help="with --storage: exit when only trials other processes run are left"
+    ),
 ):
-    """Run every trial of a grid file as a run folder under the sweep folder; a second call resumes it."""
+    """Run every trial of a grid file as a run folder under the sweep folder; a second call resumes it. With a
+    shared --storage, many processes (on many machines) share the trials: each is trained once, and a trial whose
+    process dies is resumed from its last.pt by another."""
     from .experiments.sweep import format_status, run_sweep, sweep_dir_for, sweep_status
 
     if status:
@@ -556,6 +564,10 @@ def sweep_cmd(
         seeds=_seed_list(seeds),
         retry_failed=not no_retry,
         max_trials=max_trials,
+        stale_after=stale_after,
+        wait=False if no_wait else None,
+        heartbeat_s=min(30.0, stale_after / 4),
+        poll_s=min(5.0, stale_after / 4),
     )
     typer.echo(format_status(s))
     failed = [r for r in s["trials"] if r["state"] == "failed"]

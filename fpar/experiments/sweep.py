@@ -531,6 +531,8 @@ def run_sweep(
     stale_after: float = 900.0,
     heartbeat_s: float = 30.0,
     threads_per_worker: int = 1,
+    wait: bool | None = None,
+    poll_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run every unfinished trial of a grid file; returns :func:`sweep_status` of the sweep afterwards.
 
@@ -545,6 +547,8 @@ def run_sweep(
         retry_failed: run trials whose last attempt failed again (interrupted ones are always resumed).
         max_trials: start at most this many trials in this call (the rest stay pending for the next call).
         stale_after: seconds without a heartbeat after which another host's RUNNING attempt is taken as dead.
+        wait: when nothing else is left, wait for the trials other processes run (polling every ``poll_s`` s) and
+            take over those whose process dies; default: with a shared ``storage`` only.
     """
     if workers < 1:
         raise FparError(f"--workers must be at least 1 (got {workers})")
@@ -555,6 +559,7 @@ def run_sweep(
     url = storage_url(sweep, storage)
     write_manifest(sweep, grid, trials, url, list(extra_overrides), seeds)
     ledger = Ledger(url, grid.name, shared=bool(storage), stale_after=stale_after)
+    wait = bool(storage) if wait is None else wait
     tidied = ledger.tidy_unnamed()
     if tidied:
         log(f"closed {tidied} attempt(s) whose process stopped before naming its trial")
@@ -562,12 +567,12 @@ def run_sweep(
     local = {name: str(p) for name, p in runs.items()}
 
     # ---- what is done, what runs elsewhere, what is left
-    attempts = ledger.attempts()
     state: dict[str, str] = {}
-    for t in trials:
+
+    def assess(t: Trial, recs: list[Any]) -> str:
+        """The state of a trial from its run folder and its attempts; closes attempts whose process is gone."""
         run = runs[t.name]
         summary = _read_summary(run)
-        recs = attempts.get(t.name, [])
         stale = [ft for ft in recs if ft.state.name == "RUNNING" and not _alive(ft, stale_after)]
         for ft in stale:
             ledger.close_stale(ft, summary)
@@ -583,15 +588,18 @@ def run_sweep(
                 )
             if not any(ft.state.name == "COMPLETE" for ft in recs):
                 ledger.record_done(t, run, summary)
-            state[t.name] = "done"
-        elif any(ft.state.name == "RUNNING" for ft in recs):
-            state[t.name] = "running-elsewhere"
-        elif any(ft.state.name == "COMPLETE" and ft.user_attrs.get("host") != HOST for ft in recs):
-            state[t.name] = "done-elsewhere"
-        elif recs and recs[-1].state.name == "FAIL" and not retry_failed and not recs[-1].user_attrs.get("interrupted"):
-            state[t.name] = "failed"
-        else:
-            state[t.name] = "pending"
+            return "done"
+        if any(ft.state.name == "RUNNING" for ft in recs):
+            return "running-elsewhere"
+        if any(ft.state.name == "COMPLETE" and ft.user_attrs.get("host") != HOST for ft in recs):
+            return "done-elsewhere"
+        if recs and recs[-1].state.name == "FAIL" and not retry_failed and not recs[-1].user_attrs.get("interrupted"):
+            return "failed"
+        return "pending"
+
+    attempts = ledger.attempts()
+    for t in trials:
+        state[t.name] = assess(t, attempts.get(t.name, []))
     n_done = sum(s == "done" for s in state.values())
     todo = [t for t in trials if state[t.name] == "pending"]
     log(
@@ -663,7 +671,23 @@ def run_sweep(
             if not running:
                 if progressed:
                     continue
-                break
+                others = [t for t in trials if state[t.name] == "running-elsewhere"]
+                if not (wait and others):
+                    break
+                # A shared sweep: trials another process runs are waited for, and taken over (resumed from their
+                # last.pt) when that process dies: its pid is gone (this host) or its heartbeat is stale (any host).
+                time.sleep(poll_s)
+                attempts = ledger.attempts()
+                for t in others:
+                    now = assess(t, attempts.get(t.name, []))
+                    if now != "running-elsewhere":
+                        state[t.name] = now
+                        if now == "pending":
+                            todo.append(t)
+                            log(f"{t.name}: its process stopped; this one takes it over")
+                        elif now == "done":
+                            n_done += 1
+                continue
             finished, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 t, ot = running.pop(fut)

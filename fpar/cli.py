@@ -163,11 +163,20 @@ def train(
     overrides: list[str] | None = typer.Argument(None, help="dotted key=value overrides"),
     resume: str | None = typer.Option(None, "--resume", help="continue an interrupted run folder"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    nproc: int = typer.Option(1, "--nproc", help="processes on this machine (DDP; as torchrun --nproc-per-node)"),
 ):
     """Train one stage: `fpar train CONFIG key=value ...` or `fpar train --resume RUN_DIR`."""
     from .config import load_config
+    from .engine import distributed
     from .engine.trainer import train as run_train
 
+    if nproc != 1 and not distributed.launched():
+        args = ["train", *([config] if config else []), *(overrides or [])]
+        args += [*(["--resume", resume] if resume else []), *(["--quiet"] if quiet else [])]
+        code = distributed.launch(args, nproc)
+        if code:
+            raise typer.Exit(code)
+        return
     _threads()
     if resume:
         run = Path(resume)
@@ -191,7 +200,8 @@ def train(
             config = None
         cfg = load_config(config, overrides or [])
     s = run_train(cfg, resume=resume, progress=cfg.train.progress and not quiet)
-    typer.echo(_summary_line(s))
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # one summary line, not one per process
+        typer.echo(_summary_line(s))
 
 
 def _summary_line(s: dict) -> str:

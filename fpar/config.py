@@ -163,6 +163,10 @@ class TrainConfig:
     # The metric that picks the best epoch (best.pt): auto = action_top1 with model.heads=verb_noun (EPIC's
     # headline figure), top1 otherwise; or any metric key of the run (mean_class_acc, verb_top1, ...)
     select_metric: str = "auto"
+    # Several processes (torchrun): SyncBatchNorm for the BatchNorm layers that train (bn_train), GPUs only
+    sync_bn: bool = False
+    # Several processes: allow trainable parameters that some steps do not use (DDP's find_unused_parameters)
+    ddp_find_unused: bool = False
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, save_config, to_dict
@@ -35,6 +36,7 @@ from ..locks import FolderLock
 from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
 from ..version import __version__
+from . import distributed
 from .build import build_model, forward_batch, modalities, resolve_trainable
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .metrics import classification_metrics, group_masks
@@ -125,6 +127,19 @@ def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: i
     # the shuffle order depends only on (seed, epoch): exact resume; reduced into torch's 64-bit seed range
     g.manual_seed((cfg.seed * 1_000_003 + epoch) % 2**63)
     nw = cfg.data.num_workers
+    d = distributed.current()
+    if d.enabled:  # this rank's part of the one-process batch sequence (train) or of the videos (evaluation)
+        common = dict(num_workers=nw, persistent_workers=False, pin_memory=torch.cuda.is_available())
+        if train:
+            sampler = distributed.GlobalBatchSampler(
+                distributed.epoch_order(len(ds), g), cfg.train.batch_size, d.rank, d.world
+            )
+            # the workers' base seed from a generator of its own, not from the global RNG (exact resume)
+            loader = DataLoader(ds, batch_sampler=sampler, generator=g, **common)
+            loader.plan = sampler.plan  # (samples of this rank that count, samples in the batch), per batch
+            return loader
+        shard = distributed.ShardSampler(len(ds), d.rank, d.world)
+        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, sampler=shard, drop_last=False, **common)
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
@@ -167,12 +182,18 @@ def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool 
                 got.update(verb=batch["verb"], noun=batch["noun"])
         for k, v in got.items():
             parts.setdefault(k, []).append(torch.as_tensor(v).cpu())
-    n = sum(len(x) for x in parts.get("labels", []))
+    local: dict = {k: torch.cat(v) for k, v in parts.items()}
+    loss_sum = sum(losses)
+    if distributed.current().enabled:  # each rank scored its share of the videos: put them together
+        shares = distributed.gather((local, loss_sum))
+        keys = [k for k in ("logits", "labels", "index", "verb_logits", "noun_logits", "verb", "noun") if k in local]
+        local = {k: torch.cat([sh[k] for sh, _ in shares if k in sh]) for k in keys or shares[-1][0]}
+        loss_sum = sum(ls for _, ls in shares)
+    n = len(local.get("labels", []))
     if n == 0:
         raise FparError("the evaluation split is empty; check the dataset's test split (fpar data check)")
-    res: dict = {k: torch.cat(v) for k, v in parts.items()}
-    res["loss"] = sum(losses) / n
-    return res
+    local["loss"] = loss_sum / n
+    return local
 
 
 def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval"):
@@ -221,9 +242,41 @@ def select_metric(cfg: ExperimentConfig) -> str:
 # Training
 
 
-def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, epoch: int, progress: bool) -> dict:
+class TrainStep(nn.Module):
+    """One training forward: the model's outputs and its weighted loss terms. DistributedDataParallel wraps this
+    module, so every family's forward (whatever its spec calls) runs inside DDP's forward and its gradients are
+    averaged over the processes."""
+
+    def __init__(self, model: nn.Module, cfg: ExperimentConfig):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(self, batch: dict, device: torch.device):
+        with _autocast(self.cfg, device):
+            out = forward_batch(self.model, self.cfg, batch, train=True)
+        out.float()  # losses in float32 under AMP
+        loss, parts = total_loss(self.model.losses(out, batch))  # the heads' terms, weighted as configured
+        return loss, out.logits.detach(), parts
+
+
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    cfg: ExperimentConfig,
+    device,
+    *,
+    epoch: int,
+    progress: bool,
+    step: nn.Module | None = None,
+) -> dict:
+    """One epoch; ``step`` is the `TrainStep` (DDP-wrapped when several processes train) of ``model``."""
     from tqdm import tqdm
 
+    d = distributed.current()
+    step = step if step is not None else TrainStep(model, cfg)
+    plan = getattr(loader, "plan", None)  # several processes: each batch's (own samples, global samples)
     set_train_mode(model, cfg.train.bn_train)
     sums: dict[str, float] = {}
     correct = seen = 0
@@ -237,30 +290,47 @@ def train_one_epoch(model, loader, optimizer, cfg: ExperimentConfig, device, *, 
         if cfg.train.max_batches and i >= cfg.train.max_batches:
             break
         batch = _to(batch, device)
-        with _autocast(cfg, device):
-            out = forward_batch(model, cfg, batch, train=True)
-        out.float()  # losses in float32 under AMP
-        loss, parts = total_loss(model.losses(out, batch))  # the heads' terms, weighted as configured
-        if not math.isfinite(loss.item()):
+        try:
+            loss, logits, parts = step(batch, device)
+        except RuntimeError as e:
+            if "unused parameters" in str(e) or "finished reduction in the prior iteration" in str(e):
+                raise FparError(
+                    "this model leaves trainable parameters unused in some steps, which DistributedDataParallel "
+                    "refuses by default: set train.ddp_find_unused=true (or leave them out of train.trainable)"
+                ) from None
+            raise
+        b = batch["label"].shape[0]
+        own, scale = b, 1.0
+        if plan is not None:  # DDP averages over processes: this scale makes it the mean over the global batch
+            own, n = plan[i]
+            scale = own * d.world / n
+        value = loss.item()
+        check = distributed.all_sum([0.0 if math.isfinite(value) else 1.0])[0] if d.enabled else 0.0
+        if not math.isfinite(value) or check:
             raise FparError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; lower optim.lr or check the data "
-                "(the run stops here; last.pt holds the previous epoch)"
+                f"loss became {value if not math.isfinite(value) else 'nan on another process'} at epoch "
+                f"{epoch + 1}, batch {i + 1}; lower optim.lr or check the data (the run stops here; last.pt holds "
+                "the previous epoch)"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip
             )
         optimizer.step()
         fault("batch")
-        b = batch["label"].shape[0]
-        seen += b
-        correct += (out.logits.argmax(1) == batch["label"]).sum().item()
-        for k, v in {"loss": loss.item(), **parts}.items():
-            sums[k] = sums.get(k, 0.0) + v * b
+        seen += own
+        correct += (logits[:own].argmax(1) == batch["label"][:own]).sum().item()
+        for k, v in {"loss": value, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v * own
         if progress:
-            it.set_postfix(loss=f"{sums['loss'] / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+            it.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.3f}", acc=f"{100 * correct / max(seen, 1):.1f}")
+    if d.enabled:  # the epoch's figures over every process's samples
+        keys = sorted(sums)
+        tot = distributed.all_sum([seen, correct, *(sums[k] for k in keys)])
+        seen, correct = int(tot[0]), tot[1]
+        sums = dict(zip(keys, tot[2:]))
     if seen == 0:
         raise FparError("the training split is empty; check the dataset's training split (fpar data check)")
     out = {f"train_{k}": v / seen for k, v in sums.items()}
@@ -307,14 +377,49 @@ def train(
     progress = cfg.train.progress if progress is None else progress
     progress = progress and sys.stderr.isatty()  # bars only on a terminal; a log file gets one line per epoch
     run = Path(resume) if resume else run_dir_for(cfg)
+    if distributed.launched():  # torchrun: rank 0 owns the folder, every rank trains (engine/distributed.py)
+        return _train_distributed(cfg, run, resume, progress, log)
+    _make_run_folder(run)
+    with FolderLock(run, what=f"fpar train {cfg.name}") as lock:
+        return _train_locked(cfg, run, resume, lock, progress, log)
+
+
+def _make_run_folder(run: Path) -> None:
     if run.exists() and not run.is_dir():
         raise FparError(f"out={run} is a file, not a folder; give a new folder for the run")
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FparError(f"cannot create the run folder {run} ({e.strerror}); choose another out=") from None
-    with FolderLock(run, what=f"fpar train {cfg.name}") as lock:
-        return _train_locked(cfg, run, resume, lock, progress, log)
+
+
+class _NoLock:
+    """What ranks other than 0 hold: they never write the run folder."""
+
+    def check(self) -> None:
+        pass
+
+
+def _train_distributed(cfg, run: Path, resume, progress: bool, log) -> dict:
+    d = distributed.setup(cfg.train.device)
+    lock = None
+    try:
+        err = None
+        if d.main:
+            try:
+                _make_run_folder(run)
+                lock = FolderLock(run, what=f"fpar train {cfg.name} (rank 0 of {d.world})").acquire()
+            except FparError as e:
+                err = str(e)
+        err = distributed.broadcast(err)  # one answer for every rank: none waits for a rank that stopped
+        if err:
+            raise FparError(err)
+        quiet = lambda msg: None  # noqa: E731
+        return _train_locked(cfg, run, resume, lock or _NoLock(), progress and d.main, log if d.main else quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.teardown()
 
 
 def _epoch_of(path: Path) -> int | None:
@@ -344,7 +449,9 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             raise FparError(
                 f"{run} already holds results of a run ({', '.join(held)}); nothing was changed: set out=NEW_FOLDER"
             )
-    removed = remove_leftover_temps(run)  # we are the only writer: files of killed writes can go
+    d = distributed.current()
+    main = d.main  # the only process that writes the run folder
+    removed = remove_leftover_temps(run) if main else []  # we are the only writer: files of killed writes can go
     if removed:
         logger.info("%s: removed %d temporary file(s) of interrupted writes", run, len(removed))
 
@@ -353,6 +460,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     device = pick_device(cfg.train.device)
+    if d.backend == "nccl":
+        device = torch.device("cuda", d.local_rank)
     manifest, splits, train_ds, select_ds, test_ds = prepare(cfg)
     classes = manifest.classes
     vocab = manifest.vocab
@@ -360,6 +469,10 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     init_report = None
     if cfg.init.from_ and last is None:
         init_report = init_from(model, cfg, vocab)
+    if d.enabled and cfg.train.sync_bn:
+        if d.backend != "nccl":
+            raise FparError("train.sync_bn=true needs GPUs (NCCL): PyTorch's SyncBatchNorm does not run on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, statistics over every process
     trainable = apply_trainable(model, resolve_trainable(cfg))
     model.to(device)
     optimizer = make_optimizer(model, cfg)
@@ -384,16 +497,22 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 "shapes): it does not belong to this run folder; restore the run's own last.pt or start a new run"
             ) from None
         optimizer.load_state_dict(last["optimizer"])
-        set_rng_state(last["rng"])
+        ranks = last.get("rng_ranks")
+        if d.enabled and ranks and len(ranks) != d.world:
+            logger.warning(
+                "%s was saved by %d processes, resumed on %d: dropout draws differ", run, len(ranks), d.world
+            )
+        set_rng_state(ranks[d.rank] if d.enabled and ranks and len(ranks) == d.world else last["rng"])
         history = list(last["history"])
         best = dict(last["best"])
         start = int(last["epoch"])
-        save_config(cfg, run / "config.yaml")  # resume may change train.epochs, device, workers, data.root
-        # the log holds exactly the epochs of last.pt (a crash after appending a row but before last.pt was
-        # written would otherwise leave that epoch twice)
-        atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if main:
+            save_config(cfg, run / "config.yaml")  # resume may change train.epochs, device, workers, data.root
+            # the log holds exactly the epochs of last.pt (a crash after appending a row but before last.pt was
+            # written would otherwise leave that epoch twice)
+            atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         log(f"resuming {run} after epoch {start}")
-    else:
+    elif main:
         save_config(cfg, run / "config.yaml")
         atomic_write_json(run / "provenance.json", provenance(manifest))
         (run / "metrics.jsonl").unlink(missing_ok=True)
@@ -401,7 +520,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         f"{cfg.name}: {cfg.model.name} on {manifest.root} ({manifest.layout} format): "
         f"{splits.describe(cfg.data)}; "
         f"{sum(p.numel() for n, p in model.named_parameters() if n in set(trainable)) / 1e6:.2f} M trainable "
-        f"parameters; device {device}"
+        f"parameters; device {device}" + (f" x {d.world} processes ({d.backend})" if d.enabled else "")
     )
     if init_report:
         log(
@@ -411,7 +530,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(run / "tb"))
+    tb = SummaryWriter(str(run / "tb")) if main else None
+    step = distributed.wrap(TrainStep(model, cfg), device, find_unused=cfg.train.ddp_find_unused)
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
         "config": to_dict(cfg),
@@ -438,6 +558,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             device,
             epoch=epoch,
             progress=progress,
+            step=step,
         )
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
@@ -452,39 +573,49 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             if ev[chosen] > best.get(chosen, -1.0):  # strictly better, as the original selection
                 best = {"epoch": epoch + 1, "selected_on": chosen, **ev}
                 lock.check()
-                save_checkpoint(
-                    {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
-                )
-                if conf is not None:
-                    _write_confusion(run / "confusion.csv", conf, classes)
+                if main:
+                    save_checkpoint(
+                        {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
+                    )
+                    if conf is not None:
+                        _write_confusion(run / "confusion.csv", conf, classes)
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
-        with open(run / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        rngs = distributed.gather(rng_state())  # every rank's: a resumed run draws what this one would have
+        if main:
+            with open(run / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
         fault("metrics_appended")
-        for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "epoch":
-                tb.add_scalar(k, v, epoch + 1)
+        if tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    tb.add_scalar(k, v, epoch + 1)
         log(_epoch_line(row))
         lock.check()
+        if not main:
+            continue
         save_checkpoint(
             {
                 **base,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1,
-                "rng": rng_state(),
+                "rng": rngs[0],
+                **({"rng_ranks": rngs} if d.enabled else {}),
                 "history": history,
                 "best": best,
                 "finished": epoch + 1 == cfg.train.epochs,
             },
             run / "last.pt",
         )
-    tb.close()
+    if tb is not None:
+        tb.close()
     lock.check()
+    distributed.broadcast(None)  # every rank here: best.pt is on disk for the summary's test evaluation
     summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress)
     summary["train_time_s"] = round(time.time() - t_start, 1)
-    atomic_write_json(run / "summary.json", summary)
+    if main:
+        atomic_write_json(run / "summary.json", summary)
     return summary
 
 

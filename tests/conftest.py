@@ -53,3 +53,57 @@ def tiny_args(root) -> list[str]:
 @pytest.fixture
 def tiny_overrides(tiny_root) -> list[str]:
     return tiny_args(tiny_root)
+
+
+class Forked:
+    """``fpar ARGS`` in a forked copy of this process: a process of its own (a SIGKILL kills only it, a lock is held
+    by another pid) without the seconds an interpreter takes to start and import torch. ``env`` is set in the child
+    only. `wait` gives (exit code, or -signal when it was killed; its stderr)."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        import tempfile
+
+        self.args = args
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into pytest
+            code = 70
+            try:
+                os.environ.pop("FPAR_FAULT", None)
+                os.environ.update(env or {})
+                import sys
+
+                from fpar import utils
+                from fpar.cli import main
+
+                utils._FAULT_HITS.clear()
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+                sys.stderr = self.err
+                code = main(args)
+            finally:
+                self.err.flush()
+                os._exit(code)
+
+    def wait(self, timeout: float = 300) -> tuple[int, str]:
+        import signal
+        import time
+
+        deadline = time.time() + timeout
+        while True:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                break
+            if time.time() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise TimeoutError(f"fpar {' '.join(self.args[:2])} did not finish in {timeout} s")
+            time.sleep(0.02)
+        self.err.seek(0)
+        text = self.err.read()
+        self.err.close()
+        return (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)), text
+
+
+def run_forked(args: list[str], env: dict[str, str] | None = None, *, timeout: float = 300) -> tuple[int, str]:
+    """`Forked` run to its end."""
+    return Forked(args, env).wait(timeout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_args
+from tests.conftest import run_forked, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_POINTS = ["batch:3", "tmp_written:5", "metrics_appended:2"]  # eval:N and 16 more: scripts/fault_matrix.py
@@ -55,8 +55,8 @@ def outcome(run: Path) -> tuple[dict, list[dict]]:
 def kill_and_resume(root: Path, out: Path, point: str, *, in_process: bool = True) -> tuple[int, str]:
     """Train until the fault kills the process, then continue the way a user would: --resume when last.pt exists,
     else the same train command again. Returns the finishing command's exit code and stderr."""
-    killed = fpar(train_args(root, out), fault=point)
-    assert killed.returncode == -9, f"{point}: the fault did not fire ({killed.returncode}): {killed.stderr[-500:]}"
+    code, err = run_forked(train_args(root, out), {"FPAR_FAULT": point, "FPAR_THREADS": "1"})
+    assert code == -9, f"{point}: the fault did not fire ({code}): {err[-500:]}"
     args = ["train", "--resume", str(out), "--quiet"] if (out / "last.pt").exists() else train_args(root, out)
     if in_process:
         return finish(args)

@@ -20,7 +20,7 @@ from fpar.config import load_config
 from fpar.engine.trainer import train
 from fpar.errors import FparError
 from fpar.locks import LOCK_NAME, FolderLock
-from tests.conftest import tiny_args
+from tests.conftest import Forked, run_forked, tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +57,8 @@ def test_a_held_folder_is_refused_and_a_stale_lock_is_taken_over(tiny_root, tmp_
 def test_two_trainers_into_one_folder_one_wins(tiny_root, tmp_path):
     out = tmp_path / "shared"
     args = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1", f"out={out}", "--quiet"]
-    env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "fpar", "train", *args], env=env, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    procs = [Forked(["train", *args], {"FPAR_THREADS": "1"}) for _ in range(2)]  # two processes at once
+    results = [p.wait(timeout=240) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
     loser = next(err for rc, err in results if rc == 2)
@@ -262,10 +258,9 @@ def _sweep_grid(tmp_path: Path) -> Path:
 
 def test_a_kill_while_the_ledger_is_created_leaves_no_broken_ledger(tiny_root, tmp_path):
     g, out = _sweep_grid(tmp_path), tmp_path / "sw"
-    env = {**os.environ, "FPAR_THREADS": "1", "PYTHONPATH": str(ROOT), "FPAR_FAULT": "ledger_created:1"}
     ov = [*tiny_args(tiny_root), "train.epochs=1", "train.max_batches=1"]
-    killed = subprocess.run([sys.executable, "-m", "fpar", "sweep", str(g), "--out", str(out), *ov], env=env)
-    assert killed.returncode == -9
+    code, _ = run_forked(["sweep", str(g), "--out", str(out), *ov], {"FPAR_FAULT": "ledger_created:1"})
+    assert code == -9
     assert not (out / "sweep.db").exists() and list(out.glob(".sweep.db.tmp-*"))  # only the temporary file
     from fpar.experiments.sweep import run_sweep
 

@@ -166,8 +166,9 @@ def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool 
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     losses = []
-    it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) if progress else loader
-    for batch in it:
+    source = iter(loader)
+    it = tqdm(source, total=len(loader), desc=desc, leave=False, dynamic_ncols=True) if progress else source
+    for batch in _batches(source, it):
         batch = _to(batch, device)
         with _autocast(cfg, device):
             out = forward_batch(model, cfg, batch, train=False)
@@ -200,6 +201,24 @@ def predict(model, loader, cfg: ExperimentConfig, device, *, progress: bool = Fa
     """Logits (N, C), labels (N,), mean loss over the loader."""
     r = predict_all(model, loader, cfg, device, progress=progress, desc=desc)
     return r["logits"], r["labels"], r["loss"]
+
+
+def _batches(source, it):
+    """Iterate ``it`` (``source``, a loader's iterator, or a progress bar over it); on an error, stop the loader's
+    worker processes at once. Left to garbage collection, a multi-worker iterator that stopped part-way takes 5 s per
+    worker to shut down (its workers wait on their prefetch queues), long after the error line is printed."""
+    try:
+        yield from it
+    except BaseException:
+        _stop_workers(source)
+        raise
+
+
+def _stop_workers(source) -> None:
+    """Terminate the worker processes of a loader iterator that will not be read to its end."""
+    for w in getattr(source, "_workers", None) or []:
+        if w.is_alive():
+            w.terminate()
 
 
 def _autocast(cfg: ExperimentConfig, device: torch.device):
@@ -281,13 +300,15 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     correct = seen = 0
     total = cfg.train.max_batches or len(loader)
+    source = iter(loader)
     it = (
-        tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+        tqdm(source, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
         if progress
-        else loader
+        else source
     )
-    for i, batch in enumerate(it):
+    for i, batch in enumerate(_batches(source, it)):
         if cfg.train.max_batches and i >= cfg.train.max_batches:
+            _stop_workers(source)  # the rest of the epoch is not read (train.max_batches)
             break
         batch = _to(batch, device)
         try:

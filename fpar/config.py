@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -567,6 +568,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise FparError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}")
     if not 0 < cfg.data.val_fraction < 1:
         raise FparError("data.val_fraction must be between 0 and 1")
+    metric = cfg.train.select_metric
+    if metric != "auto" and not re.fullmatch(
+        r"top[15]|mean_class_acc|(verb|noun)_acc|((unseen|tail)_)?(verb|noun|action)_top[15]|[a-z0-9]+_top1", metric
+    ):
+        raise FparError(
+            f"train.select_metric={metric} is not a metric fpar computes; use auto, top1, top5, mean_class_acc, "
+            "verb_top1, noun_top1, action_top1, action_top5, ..."
+        )
+    if metric.startswith(("verb_top", "noun_top", "action_top")) and cfg.model.heads != "verb_noun":
+        raise FparError(f"train.select_metric={metric} needs verb and noun heads: set model.heads=verb_noun")
     for section in (cfg.model, cfg.data):
         for name in block_types(type(section)):
             block = getattr(section, name)

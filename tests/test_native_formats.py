@@ -654,6 +654,13 @@ def test_cli_train_egtea_split_2(egtea, tmp_path, capsys):
     assert main(["eval", str(run), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["top1"] == pytest.approx(s["best_top1"]) and r["action_top1"] == pytest.approx(s["action_top1"])
+    # an EGTEA run cannot make an EPIC submission; a metric that is not one, or needs heads the run lacks
+    sub = ["predict", str(run), "--epic-test", "EPIC_100_test_timestamps.csv", "--out", str(tmp_path / "s.json")]
+    assert main([*sub, "--sls", "1,3,3"]) == 2 and "needs a run trained on epic100" in capsys.readouterr().err
+    assert main(["train", str(STAGE1), *_tiny(root), "train.select_metric=bogus", f"out={tmp_path / 'b'}"]) == 2
+    assert "is not a metric fpar computes" in capsys.readouterr().err
+    bad = ["train", str(STAGE1), *_tiny(root), "model.heads=action", "train.select_metric=action_top1"]
+    assert main([*bad, f"out={tmp_path / 'c'}"]) == 2 and "needs verb and noun heads" in capsys.readouterr().err
 
 
 def test_cli_data_check(egtea, epic, capsys):

@@ -53,6 +53,11 @@ def epic_submission(
             f"{run} has no verb and noun heads (model.heads={r.cfg.model.heads}); an EPIC submission needs verb and "
             "noun scores: train with model.heads=verb_noun"
         )
+    fmt = r.ckpt.get("data_format")
+    if fmt != "epic100":
+        raise FparError(
+            f"{run} was trained on {fmt} data; an EPIC-KITCHENS-100 submission needs a run trained on epic100"
+        )
     manifest = read_test_segments(test_csv, root or r.cfg.data.root, r.cfg.data.epic100)
     if not manifest.videos:
         raise FparError(f"{test_csv} lists no segments")

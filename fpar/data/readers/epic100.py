@@ -421,6 +421,8 @@ def read_test_segments(csv_path: str | Path, root: str | Path, block: Epic100Con
     submission (`fpar predict --epic-test`). Every row must be usable: a submission needs every narration id."""
     block = block or Epic100Config()
     root, path = Path(root), Path(csv_path)
+    if not path.is_file():
+        raise FparError(f"--epic-test {path} does not exist; give EPIC_100_test_timestamps.csv of the annotations")
     problems: list[Problem] = []
     videos: dict[str, _Video] = {}
     out = []

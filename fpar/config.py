@@ -100,6 +100,10 @@ class DataConfig(_Blocks):
     scale_size: int = 256  # shorter side before cropping
     num_workers: int = 0
     sampling: str = "seed"  # seed: floor(k*N/T); egornn: floor(linspace(1, N, T, endpoint=False)) on 1-based names
+    # Frozen-trunk stages (stage 1): a folder where each clip draw's trunk features are kept and read back (exact;
+    # fpar/engine/feature_cache.py). "": no cache. float16 halves the size and is approximate.
+    feature_cache: str = ""
+    feature_cache_dtype: Literal["float32", "float16"] = "float32"
 
 
 @dataclass

@@ -72,6 +72,24 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class FeatureCachePlan:
+    """How a family's frozen per-frame prefix can be cached (``data.feature_cache``; `fpar.engine.feature_cache`).
+
+    Attributes:
+        prefix: ``prefix(model, frames) -> Tensor``: (N, 3, H, W) frames -> (N, ...) features, each frame's from that
+            frame alone (no mixing across frames, eval-mode BatchNorm, no dropout).
+        params: regexes of the parameters the prefix reads; a stage that trains any of them cannot use the cache.
+        forward: ``forward(model, features, batch, train) -> ModelOutput`` from (B, T, ...) features.
+        refusal: ``refusal(cfg) -> str | None``: why this configuration cannot use the cache (None: it can).
+    """
+
+    prefix: Callable[..., Any]
+    params: tuple[str, ...]
+    forward: Callable[..., Any]
+    refusal: Callable[..., str | None] | None = None
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How the rest of fpar uses a model family. Only ``name``, ``build``, ``inputs`` and ``forward`` are required.
 
@@ -117,6 +135,7 @@ class ModelSpec:
     stages: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"all": (".",)})
     optional_weights: tuple[str, ...] = ()  # state-dict prefixes a checkpoint may lack (heads added after it)
     factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
+    feature_cache: FeatureCachePlan | None = None  # its frozen prefix can be cached (stage 1)
 
 
 @dataclass(frozen=True)

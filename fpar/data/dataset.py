@@ -19,7 +19,7 @@ from .imageio import read_grey, read_mmap, read_rgb_many
 from .manifest import Manifest
 from .readers import block_of, reader_of
 from .sampling import centred_stack_starts, flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
-from .transforms import draw_params, transform_flow, transform_mmaps, transform_rgb
+from .transforms import draw_code, draw_params, transform_flow, transform_mmaps, transform_rgb
 
 
 class ClipDataset(Dataset):
@@ -30,7 +30,8 @@ class ClipDataset(Dataset):
         ``flow_seq``: (T, 2L, S, S) float, one stack of L flows centred on each of the T sampled RGB frames,
         ``mmaps``: (T, S, S) uint8 {0, 1}, ``label``: int, ``index``: int (video index in the manifest),
         ``static_idx``: int in [0, T) (the frame a static clip repeats),
-        ``verb``, ``noun``: ints, when the dataset's vocabulary has verbs and nouns.
+        ``verb``, ``noun``: ints, when the dataset's vocabulary has verbs and nouns,
+        ``draw``: int, the clip's crop/flip draw (`fpar.data.transforms.draw_code`; -1: the test transform).
     Only the requested ``modalities`` are loaded.
     """
 
@@ -80,7 +81,7 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, vid, int(self.train)])
         p = draw_params(rng, train=self.train)
         kw = dict(scale_size=cfg.scale_size, input_size=cfg.input_size)
-        item: dict = {"label": v.label, "index": vid}
+        item: dict = {"label": v.label, "index": vid, "draw": draw_code(p)}
         if self.manifest.vocab.has_verb_noun:
             item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)

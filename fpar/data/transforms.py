@@ -50,6 +50,17 @@ def draw_params(rng: np.random.Generator, *, train: bool) -> CropParams:
     )
 
 
+DRAWS = len(SCALES) * len(POSITIONS) * 2  # distinct training draws of a clip (40)
+
+
+def draw_code(p: CropParams) -> int:
+    """A clip's draw as one number: -1 for the test transform, else 0..DRAWS-1 (scale, corner, flip). Everything a
+    frame's crop depends on besides the video and the frame (`fpar.engine.feature_cache` keys on it)."""
+    if not p.train:
+        return -1
+    return (SCALES.index(p.scale) * len(POSITIONS) + POSITIONS.index(p.position)) * 2 + int(p.flip)
+
+
 def crop_box(w: int, h: int, p: CropParams, *, scale_size: int, input_size: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) in the ORIGINAL image for the crop that the scale+crop chain would take."""
     r = scale_size / min(w, h)  # resize factor of Scale(scale_size)

@@ -37,8 +37,9 @@ from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
 from ..version import __version__
 from . import distributed
-from .build import build_model, forward_batch, modalities, resolve_trainable
+from .build import build_model, forward_batch, modalities, resolve_trainable, spec_of
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .feature_cache import FeatureCache
 from .metrics import classification_metrics, group_masks
 from .run import init_from
 from .stages import apply_trainable, param_groups, set_train_mode
@@ -157,7 +158,9 @@ def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: i
 
 
 @torch.no_grad()
-def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval") -> dict:
+def predict_all(
+    model, loader, cfg: ExperimentConfig, device, *, progress: bool = False, desc: str = "eval", cache=None
+) -> dict:
     """Everything evaluation needs over a loader: ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) (the videos'
     manifest indices), ``loss`` (mean action cross-entropy) and, with verb/noun heads, ``verb_logits``,
     ``noun_logits``, ``verb``, ``noun``."""
@@ -171,7 +174,11 @@ def predict_all(model, loader, cfg: ExperimentConfig, device, *, progress: bool 
     for batch in _batches(source, it):
         batch = _to(batch, device)
         with _autocast(cfg, device):
-            out = forward_batch(model, cfg, batch, train=False)
+            out = (
+                cache.forward(model, batch, False)
+                if cache is not None
+                else forward_batch(model, cfg, batch, train=False)
+            )
         out.logits = out.logits.float()
         fault("eval")
         # unlabelled segments (EPIC's test split: label -1) score no loss
@@ -243,8 +250,8 @@ def metrics_of(r: dict, vocab: Vocabulary, manifest: Manifest | None = None) -> 
     return m
 
 
-def evaluate(model, loader, cfg, device, vocab: Vocabulary, *, progress=False, desc="eval") -> dict:
-    r = predict_all(model, loader, cfg, device, progress=progress, desc=desc)
+def evaluate(model, loader, cfg, device, vocab: Vocabulary, *, progress=False, desc="eval", cache=None) -> dict:
+    r = predict_all(model, loader, cfg, device, progress=progress, desc=desc, cache=cache)
     return metrics_of(r, vocab, getattr(loader.dataset, "manifest", None))
 
 
@@ -266,14 +273,18 @@ class TrainStep(nn.Module):
     module, so every family's forward (whatever its spec calls) runs inside DDP's forward and its gradients are
     averaged over the processes."""
 
-    def __init__(self, model: nn.Module, cfg: ExperimentConfig):
+    def __init__(self, model: nn.Module, cfg: ExperimentConfig, cache: FeatureCache | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.cache = cache  # data.feature_cache: the frozen trunk's features, read or computed per clip
 
     def forward(self, batch: dict, device: torch.device):
         with _autocast(self.cfg, device):
-            out = forward_batch(self.model, self.cfg, batch, train=True)
+            if self.cache is not None:
+                out = self.cache.forward(self.model, batch, train=True)
+            else:
+                out = forward_batch(self.model, self.cfg, batch, train=True)
         out.float()  # losses in float32 under AMP
         loss, parts = total_loss(self.model.losses(out, batch))  # the heads' terms, weighted as configured
         return loss, out.logits.detach(), parts
@@ -495,6 +506,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             raise FparError("train.sync_bn=true needs GPUs (NCCL): PyTorch's SyncBatchNorm does not run on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, statistics over every process
     trainable = apply_trainable(model, resolve_trainable(cfg))
+    cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
     model.to(device)
     optimizer = make_optimizer(model, cfg)
 
@@ -552,7 +564,17 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(run / "tb")) if main else None
-    step = distributed.wrap(TrainStep(model, cfg), device, find_unused=cfg.train.ddp_find_unused)
+    step = distributed.wrap(TrainStep(model, cfg, cache), device, find_unused=cfg.train.ddp_find_unused)
+    if cache is not None:
+        probe = train_ds[0]["rgb"][:1]  # one frame: the prefix's output shape (eval mode: no BN statistics move)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            shape = (cfg.data.frames, *cache.plan.prefix(model, probe.to(device)).shape[1:])
+        model.train(was)
+        size = cache.expected_bytes(shape, len(train_ds), len(select_ds), cfg.train.epochs) / 2**30
+        log(f"feature cache {cache.dir}: up to {size:.2f} GiB ({len(train_ds)} training videos x up to "
+            f"{min(40, cfg.train.epochs)} draws, {len(select_ds)} test videos; {shape} per clip)")  # fmt: skip
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
         "config": to_dict(cfg),
@@ -583,7 +605,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         )
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress)
+            ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=cache)
             conf = ev.pop("confusion")
             row.update({f"val_{k}": v for k, v in ev.items()})
             if chosen not in ev:
@@ -600,6 +622,9 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                     )
                     if conf is not None:
                         _write_confusion(run / "confusion.csv", conf, classes)
+        if cache is not None:
+            hits, misses = cache.take_stats()
+            row["cache_hit_rate"] = round(hits / max(hits + misses, 1), 4)  # clips read back / clips seen
         row["time_s"] = round(time.time() - t0, 2)
         history.append(row)
         rngs = distributed.gather(rng_state())  # every rank's: a resumed run draws what this one would have
@@ -633,7 +658,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         tb.close()
     lock.check()
     distributed.broadcast(None)  # every rank here: best.pt is on disk for the summary's test evaluation
-    summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress)
+    summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress, cache)
     summary["train_time_s"] = round(time.time() - t_start, 1)
     if main:
         atomic_write_json(run / "summary.json", summary)
@@ -661,7 +686,7 @@ def _write_confusion(path: Path, conf: list[list[int]], classes: list[str]) -> N
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress) -> dict:
+def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress, cache=None) -> dict:
     evals = [h for h in history if "val_top1" in h]
     final = evals[-1] if evals else {}
     s = {
@@ -691,7 +716,8 @@ def _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device,
         # the epoch was chosen on held-out training videos: report the test subjects once, on that checkpoint
         ckpt = load_checkpoint(run, "best")
         model.load_state_dict(ckpt["model"])
-        ev = evaluate(model, make_loader(test_ds, cfg, train=False), cfg, device, vocab, progress=progress)
+        loader = make_loader(test_ds, cfg, train=False)
+        ev = evaluate(model, loader, cfg, device, vocab, progress=progress, cache=cache)
         ev.pop("confusion")
         s.update({f"test_{k}": v for k, v in ev.items()})
     return s

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..data.manifest import Vocabulary
 from ..errors import FparError
-from ..registry import ExportPlan, ModelSpec, register_model_spec
+from ..registry import ExportPlan, FeatureCachePlan, ModelSpec, register_model_spec
 from .backbone import ResNetTrunk, build_trunk, resolve_backbone_classes
 from .heads import ActionHead, MotionSegmentationHead, StaticDynamicHead, make_classifier
 from .layers.attention import cam_attention
@@ -223,12 +223,22 @@ class EgoRNN(nn.Module):
         attended, attn = self.attend(feats)  # (B*T, C, h, w)
         _, c, h, w = attended.shape
         seq = attended.view(b, t, c, h, w)  # (B, T, C, h, w)
-        pooled = self.recurrent(seq)  # (B, mem)
-        out = ModelOutput(**self.classifier.outputs(self.dropout(pooled)), features=pooled)
+        with_ms = self.ms_head is not None and (self.training if with_ms is None else with_ms)
+        out = self.from_sequence(seq, static_idx=static_idx, ms_features=feats[self.ms_layer] if with_ms else None)
         if attn is not None:
             out.attn = attn.view(b, t, h, w)  # (B, T, h, w)
-        if self.ms_head is not None and (self.training if with_ms is None else with_ms):
-            m = self.ms_head(feats[self.ms_layer])  # (B*T, K, s, s)
+        return out
+
+    def from_sequence(
+        self, seq: Tensor, *, static_idx: Tensor | None = None, ms_features: Tensor | None = None
+    ) -> ModelOutput:
+        """Everything after the trunk and the attention: (B, T, C, h, w) attended features -> outputs. The cached
+        path (`data.feature_cache`) starts here. ``ms_features`` (B·T, C', s, s) feed the MS head."""
+        b, t, c, h, w = seq.shape
+        pooled = self.recurrent(seq)  # (B, mem)
+        out = ModelOutput(**self.classifier.outputs(self.dropout(pooled)), features=pooled)
+        if ms_features is not None:
+            m = self.ms_head(ms_features)  # (B*T, K, s, s)
             out.ms = m.view(b, t, *m.shape[1:])  # (B, T, K, s, s)
         if self.disc is not None and static_idx is not None:
             dyn = seq if self.disc_train_conv5 else seq.detach()
@@ -376,6 +386,25 @@ def _forward(model: EgoRNN, batch: dict, train: bool) -> ModelOutput:
     return model(batch["rgb"], static_idx=static_idx, with_ms=train and model.ms_head is not None)
 
 
+def _cache_prefix(model: EgoRNN, frames: Tensor) -> Tensor:
+    """(N, 3, H, W) frames -> (N, C, h, w) attended conv5 features (CAM from the trunk's own frozen fc)."""
+    return model.attend(model.backbone.forward_features(frames))[0]
+
+
+def _cache_forward(model: EgoRNN, feats: Tensor, batch: dict, train: bool) -> ModelOutput:
+    static_idx = batch.get("static_idx") if (train and model.disc is not None) else None
+    return model.from_sequence(feats, static_idx=static_idx)
+
+
+def _cache_refusal(cfg) -> str | None:
+    block = cfg.model.ego_rnn
+    if block.repflow.enabled:
+        return "the representation-flow layer mixes consecutive frames inside the trunk"
+    if block.ms.enabled:
+        return "the MS head reads the trunk's conv features of every training clip, which the cache does not keep"
+    return None
+
+
 def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:
     t = int(frames) if frames is not None else cfg.data.frames
     min_t = 2 if model.repflow is not None else 1
@@ -421,6 +450,9 @@ SPEC = register_model_spec(
         aux_maps=_aux_maps,
         factory=ego_rnn,
         optional_weights=("ms_head.", "disc."),  # a checkpoint may predate its MS / discriminator heads
+        feature_cache=FeatureCachePlan(
+            prefix=_cache_prefix, params=(r"^backbone\.",), forward=_cache_forward, refusal=_cache_refusal
+        ),
         stages={
             "stage1": (r"^lstm\.", r"^classifier\."),
             "stage2": (

@@ -1,0 +1,149 @@
+"""An exact cache of a frozen trunk's per-frame features (``data.feature_cache=DIR``): stage 1 without the trunk.
+
+Stage 1 trains the ConvLSTM and the classifier for hundreds of epochs over a trunk that never changes. A clip's
+trunk features depend only on the video, its frames (fixed by ``data.frames`` and ``data.sampling``) and the clip's
+crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`) and one at test time. So they are
+computed once per (video, draw) as the draws occur, written to ``DIR``, and read back whenever that draw recurs:
+after a few tens of epochs nearly every clip is a hit.
+
+Exact: the prefix (`fpar.registry.FeatureCachePlan.prefix`) runs on one clip at a time whether its features are
+then written or read, and the file holds the very float32 values used (``data.feature_cache_dtype=float16``
+halves the size and is approximate: the run then uses the rounded values, read or not). A run with a warm cache is
+bit-identical to the same run with an empty one. Against a run without the cache, which puts the whole batch
+through the trunk at once, the features differ by float rounding only (convolutions sum in another order for
+another batch size), about 1e-6 relative.
+
+Entries live under ``DIR/<fingerprint>/``, where the fingerprint hashes the prefix's weights, the model settings,
+the frame geometry and the dataset's manifest: another trunk, size or dataset never reads stale features. Writes are
+atomic (temporary file, then rename), so several processes (DataLoader-free: the trainer's, or DDP ranks) share DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.transforms import DRAWS
+from ..errors import FparError
+from ..registry import FeatureCachePlan
+
+
+def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) -> str:
+    h = hashlib.sha256()
+    pattern = re.compile("|".join(plan.params))
+    for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+        if pattern.search(name):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    d = cfg.data
+    settings = {
+        "model": cfg.model.name,
+        "block": repr(getattr(cfg.model, cfg.model.name, None)),
+        "frames": d.frames,
+        "sampling": d.sampling,
+        "input_size": d.input_size,
+        "scale_size": d.scale_size,
+        "dtype": d.feature_cache_dtype,
+        "data": manifest.fingerprint(),
+    }
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+class FeatureCache:
+    """The cache of one run (see the module docstring). ``forward`` replaces the family's forward."""
+
+    def __init__(self, root: str | os.PathLike, plan: FeatureCachePlan, fingerprint: str, dtype: str = "float32"):
+        self.plan = plan
+        self.dir = Path(root) / fingerprint
+        self.dtype = np.float16 if dtype == "float16" else np.float32
+        self.hits = self.misses = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise FparError(f"data.feature_cache={root}: cannot create {self.dir} ({e.strerror})") from None
+
+    @classmethod
+    def for_run(cls, cfg, spec, model, manifest, trainable: list[str]) -> FeatureCache | None:
+        """The run's cache, or None without ``data.feature_cache``; a one-line error when the run cannot use one."""
+        if not cfg.data.feature_cache:
+            return None
+        plan = spec.feature_cache
+        if plan is None:
+            raise FparError(
+                f"data.feature_cache: model {cfg.model.name} has no frozen per-frame trunk to cache; remove the key"
+            )
+        why = plan.refusal(cfg) if plan.refusal is not None else None
+        if why:
+            raise FparError(f"data.feature_cache cannot be used here: {why}; remove the key for this run")
+        pattern = re.compile("|".join(plan.params))
+        trained = [n for n in trainable if pattern.search(n)]
+        if trained:
+            raise FparError(
+                f"data.feature_cache needs a frozen trunk, but this stage trains {trained[0]} (and {len(trained) - 1} "
+                "more): its features change every step. Use the cache for frozen-trunk stages (stage 1)"
+            )
+        modules = [m for m, _ in model.named_modules() if m and pattern.search(m + ".")]
+        bn = [p for p in cfg.train.bn_train if any(re.search(p, m) for m in modules)]
+        if bn:
+            raise FparError(
+                f"data.feature_cache needs a frozen trunk, but train.bn_train={bn[0]!r} trains its BatchNorm"
+            )
+        fp = _fingerprint(cfg, model, plan, manifest)
+        return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype)
+
+    def expected_bytes(self, clip_shape: tuple[int, ...], train_videos: int, eval_videos: int, epochs: int) -> int:
+        """The size when full: every draw of every training video that ``epochs`` can reach, one per test video."""
+        per_clip = int(np.prod(clip_shape)) * np.dtype(self.dtype).itemsize
+        return per_clip * (train_videos * min(DRAWS, epochs) + eval_videos)
+
+    def _path(self, video: int, draw: int) -> Path:
+        return self.dir / f"v{video:06d}" / f"d{draw + 1:02d}.npy"
+
+    def features(self, model, batch: dict, device: torch.device) -> torch.Tensor:
+        """(B, T, ...) prefix features of a batch: read where cached, else computed one clip at a time and written."""
+        out = []
+        for i, (video, draw) in enumerate(zip(batch["index"].tolist(), batch["draw"].tolist())):
+            path = self._path(video, draw)
+            f = None
+            if path.is_file():
+                try:
+                    f = torch.from_numpy(np.load(path).astype(np.float32, copy=False))
+                    self.hits += 1
+                except (OSError, ValueError):
+                    f = None  # a damaged entry is computed again
+            if f is None:
+                with torch.no_grad():
+                    f = self.plan.prefix(model, batch["rgb"][i].to(device)).float().cpu()  # (T, ...)
+                # C order, as np.load gives it back: the convolutions after it round the same either way (a
+                # channels-last input, as the trunk leaves it, would sum in another order)
+                arr = np.ascontiguousarray(f.numpy(), dtype=self.dtype)
+                f = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))  # what is used is what is stored
+                self._write(path, arr)
+                self.misses += 1
+            out.append(f)
+        return torch.stack(out).to(device)  # (B, T, ...)
+
+    def _write(self, path: Path, arr: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp, path)
+
+    def forward(self, model, batch: dict, train: bool) -> Any:
+        device = next(model.parameters()).device
+        return self.plan.forward(model, self.features(model, batch, device), batch, train)
+
+    def take_stats(self) -> tuple[int, int]:
+        """(hits, misses) since the last call."""
+        h, m = self.hits, self.misses
+        self.hits = self.misses = 0
+        return h, m

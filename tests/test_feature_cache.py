@@ -1,0 +1,110 @@
+"""data.feature_cache: a frozen trunk's per-clip features written once per (video, draw) and read back exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fpar.config import load_config
+from fpar.engine.trainer import train
+from fpar.errors import FparError
+from tests.conftest import tiny_args
+
+STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
+
+
+def _cfg(root, out, *extra):
+    return load_config(STAGE1, [*tiny_args(root), "train.epochs=3", f"out={out}", *extra])
+
+
+def _run(root, out, *extra) -> tuple[dict, list[dict]]:
+    train(_cfg(root, out, *extra), log=lambda m: None)
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return weights, rows
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in ("time_s", "cache_hit_rate")} for r in rows]
+
+
+def test_a_warm_cache_is_bit_identical_to_a_cold_one_and_close_to_no_cache(tiny_root, tmp_path):
+    cache = tmp_path / "cache"
+    none_w, none_rows = _run(tiny_root, tmp_path / "none")
+    cold_w, cold_rows = _run(tiny_root, tmp_path / "cold", f"data.feature_cache={cache}")
+    warm_w, warm_rows = _run(tiny_root, tmp_path / "warm", f"data.feature_cache={cache}")
+    assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w)
+    assert _strip(cold_rows) == _strip(warm_rows)
+    assert cold_rows[0]["cache_hit_rate"] == 0.0 and [r["cache_hit_rate"] for r in warm_rows] == [1.0, 1.0, 1.0]
+    # against the run without a cache (the whole batch through the trunk at once): float rounding only
+    assert max((none_w[k] - cold_w[k]).abs().max().item() for k in none_w) < 1e-5
+    for a, b in zip(none_rows, cold_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_top1"] == b["val_top1"]
+    # one folder per trunk fingerprint; one entry per (video, draw) seen: 18 training videos x 3 epochs at most,
+    # plus the 6 test videos' test transform
+    (sub,) = [p for p in cache.iterdir() if p.is_dir()]
+    entries = list(sub.rglob("*.npy"))
+    tests = [p for p in entries if p.name == "d00.npy"]
+    assert len(tests) == 6 and len(entries) <= 18 * 3 + 6
+    assert not list(sub.rglob("*.tmp"))
+
+
+def test_stored_features_are_the_prefix_of_one_clip(tiny_root, tmp_path):
+    """An entry holds exactly what the trunk gives for that clip's frames and draw."""
+    from fpar.data.dataset import ClipDataset, make_splits
+    from fpar.data.readers import read_dataset
+    from fpar.engine.run import open_run
+
+    cache = tmp_path / "cache"
+    run = tmp_path / "r"
+    train(_cfg(tiny_root, run, f"data.feature_cache={cache}", "train.epochs=1"), log=lambda m: None)
+    r = open_run(run, "last")
+    cfg = r.cfg
+    manifest = read_dataset(cfg.data)
+    test = make_splits(manifest, cfg.data).test
+    ds = ClipDataset(manifest, test, cfg.data, modalities=("rgb",), train=False)
+    item = ds[0]
+    (sub,) = [p for p in cache.iterdir() if p.is_dir()]
+    stored = np.load(sub / f"v{item['index']:06d}" / "d00.npy")
+    with torch.no_grad():
+        feats = r.spec.feature_cache.prefix(r.model, item["rgb"])
+    assert stored.dtype == np.float32 and stored.shape == tuple(feats.shape)
+    assert np.array_equal(stored, feats.contiguous().numpy())
+
+
+def test_float16_entries_are_used_as_stored(tiny_root, tmp_path):
+    cache = tmp_path / "cache16"
+    args = (f"data.feature_cache={cache}", "data.feature_cache_dtype=float16", "train.epochs=2")
+    cold_w, _ = _run(tiny_root, tmp_path / "cold", *args)
+    warm_w, _ = _run(tiny_root, tmp_path / "warm", *args)
+    assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w)
+    one = next(cache.rglob("*.npy"))
+    assert np.load(one).dtype == np.float16
+
+
+def test_other_weights_get_their_own_entries(tiny_root, tmp_path):
+    """The fingerprint covers the trunk's weights: another init never reads the first one's features."""
+    cache = tmp_path / "cache"
+    _run(tiny_root, tmp_path / "a", f"data.feature_cache={cache}", "train.epochs=1", "seed=0")
+    _run(tiny_root, tmp_path / "b", f"data.feature_cache={cache}", "train.epochs=1", "seed=1")
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["train.trainable=[.]"], "needs a frozen trunk, but this stage trains backbone"),
+        (["train.bn_train=[backbone.layer4]"], "trains its BatchNorm"),
+        (["model.ms.enabled=true"], "the MS head reads the trunk's conv features"),
+        (["model.name=flow_resnet", "train.trainable=[fc_action]"], "has no frozen per-frame trunk"),
+    ],
+)
+def test_stages_that_cannot_use_the_cache_are_refused(extra, message, tiny_root, tmp_path):
+    with pytest.raises(FparError, match=message):
+        train(_cfg(tiny_root, tmp_path / "r", f"data.feature_cache={tmp_path / 'c'}", *extra), log=lambda m: None)
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -50,7 +50,8 @@ def test_conv_lstm_matches_step_by_step_reference(one_thread):
     torch.manual_seed(0)
     cell = ConvLSTMCell(5, 6, kernel_size=3)
     with torch.no_grad():
-        cell.conv_x.bias.normal_()  # non-zero biases so a bias/gate mix-up would show
+        for _, b, _ in cell.gate_weights().values():
+            b.normal_()  # non-zero biases so a bias/gate mix-up would show
     xs = torch.randn(3, 2, 5, 7, 6)  # (T, B, C, H, W)
     state = None
     h_ref = torch.zeros(2, 6, 7, 6)
@@ -65,6 +66,36 @@ def test_conv_lstm_matches_step_by_step_reference(one_thread):
     gw = cell.gate_weights()
     assert list(gw) == ["i", "f", "c", "o"]
     assert torch.equal(gw["c"][0], cell.conv_x.weight[12:18]) and torch.equal(gw["o"][2], cell.conv_h.weight[18:24])
+
+
+def test_conv_lstm_checkpoints_keep_the_fused_layout(one_thread):
+    """Per-gate parameters, fused state dict: a cell of fpar 0.1.0 (two fused convs) loads into it and computes the
+    same step; its own state dict is that fused layout again; tracing (keep_vars) sees the parameters."""
+    torch.manual_seed(4)
+    cin, hid = 5, 6
+    old = {
+        "conv_x.weight": torch.randn(4 * hid, cin, 3, 3),
+        "conv_x.bias": torch.randn(4 * hid),
+        "conv_h.weight": torch.randn(4 * hid, hid, 3, 3),
+    }
+    cell = ConvLSTMCell(cin, hid)
+    cell.load_state_dict(old)
+    sd = cell.state_dict()
+    assert set(sd) == set(old) and all(torch.equal(sd[k], old[k]) for k in old)
+    assert torch.equal(cell.gate_weights()["f"][0], old["conv_x.weight"][hid : 2 * hid])
+    x, h, c = torch.randn(2, cin, 4, 4), torch.randn(2, hid, 4, 4), torch.randn(2, hid, 4, 4)
+    gates = F.conv2d(x, old["conv_x.weight"], old["conv_x.bias"], padding=1) + F.conv2d(
+        h, old["conv_h.weight"], padding=1
+    )
+    i, f, g, o = gates.chunk(4, 1)  # the fused computation of fpar 0.1.0
+    c_ref = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
+    h_new, c_new = cell(x, (h, c))
+    torch.testing.assert_close(c_new, c_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_new, torch.sigmoid(o) * torch.tanh(c_ref), rtol=1e-5, atol=1e-6)
+    kv = cell.state_dict(keep_vars=True)
+    assert "conv_x.weight_i" in kv and isinstance(kv["conv_x.weight_i"], torch.nn.Parameter)
+    with pytest.raises(RuntimeError, match="conv_x.weight"):  # a wrong shape is reported under the fused name
+        ConvLSTMCell(cin, hid + 1).load_state_dict(old)
 
 
 def test_conv_lstm_zero_initial_state_and_init():
@@ -99,7 +130,8 @@ def test_conv_lstm_gradcheck(one_thread):
     torch.manual_seed(3)
     cell = ConvLSTMCell(2, 3).double()
     with torch.no_grad():
-        cell.conv_x.bias.normal_()
+        for _, b, _ in cell.gate_weights().values():
+            b.normal_()
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     h = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     c = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)

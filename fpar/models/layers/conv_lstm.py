@@ -1,26 +1,104 @@
 """Convolutional LSTM cell of Ego-RNN (reference-spec §1.3).
 
 The original cell has four gates (i, f, c~, o), each with two 3x3 convolutions: an input conv (input -> hidden, with
-bias) and a hidden conv (hidden -> hidden, no bias). Here the four input convs are fused into one conv
-(input -> 4*hidden) and the four hidden convs into another (hidden -> 4*hidden); that is two conv calls per step
-instead of eight, with exactly the same arithmetic.
+bias) and a hidden conv (hidden -> hidden, no bias). fpar runs them the same way, as eight convolutions of H output
+channels: on this kind of CPU one fused conv of 4·H channels per side is slower (0.52-0.86x at 7x7, B 8-32, T 7-16;
+`benchmarks/bench_convlstm.py`), which made stage 1 slower than the 2018 code.
 
-Weight layout of the fused convs (dim 0 = output channels), gate order **i, f, c~, o**:
+Checkpoints keep the fused layout, so every checkpoint and weight transfer reads as before: the state dict holds
+``conv_x.weight`` (4·H, C, k, k), ``conv_x.bias`` (4·H,) and ``conv_h.weight`` (4·H, H, k, k), gate order
+**i, f, c~, o**:
 
     conv_x.weight[0*H:1*H]  = W_xi      conv_h.weight[0*H:1*H]  = W_hi      conv_x.bias[0*H:1*H] = b_i
     conv_x.weight[1*H:2*H]  = W_xf      conv_h.weight[1*H:2*H]  = W_hf      conv_x.bias[1*H:2*H] = b_f
     conv_x.weight[2*H:3*H]  = W_xc      conv_h.weight[2*H:3*H]  = W_hc      conv_x.bias[2*H:3*H] = b_c
     conv_x.weight[3*H:4*H]  = W_xo      conv_h.weight[3*H:4*H]  = W_ho      conv_x.bias[3*H:4*H] = b_o
 
-with H = hidden_channels. `ConvLSTMCell.gate_weights()` returns these per-gate views.
+with H = hidden_channels. The parameters themselves are per gate (`GateConvs`: ``conv_x.weight_i`` ...);
+`ConvLSTMCell.gate_weights()` returns them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 GATE_ORDER: tuple[str, str, str, str] = ("i", "f", "c", "o")
+
+
+class GateConvs(nn.Module):
+    """The convolutions of the four gates on one input (x or h): one conv of ``out`` channels per gate, held as
+    parameters ``weight_<gate>`` / ``bias_<gate>``, saved and loaded as one fused ``weight`` (4·out, C, k, k) and
+    ``bias`` (4·out,), in gate order. ``weight`` and ``bias`` as attributes are those fused tensors (copies: write
+    into the per-gate parameters, or load a state dict)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.padding = kernel_size // 2
+        for g in GATE_ORDER:
+            self.register_parameter(
+                f"weight_{g}", nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+            )
+            self.register_parameter(f"bias_{g}", nn.Parameter(torch.zeros(out_channels)) if bias else None)
+        self.register_state_dict_post_hook(_save_fused)
+        self.register_load_state_dict_pre_hook(_load_fused)
+        # The draws nn.Conv2d's own init made for fpar 0.1.0's fused conv (overwritten by the cell's Xavier init):
+        # made here too, so a seeded run draws every later number (other layers' init, dropout) as it did.
+        fused = torch.empty(4 * out_channels, in_channels, kernel_size, kernel_size)
+        nn.init.kaiming_uniform_(fused, a=math.sqrt(5))
+        if bias:
+            bound = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
+            nn.init.uniform_(torch.empty(4 * out_channels), -bound, bound)
+
+    @property
+    def weight(self) -> Tensor:
+        return torch.cat([getattr(self, f"weight_{g}") for g in GATE_ORDER])
+
+    @property
+    def bias(self) -> Tensor | None:
+        if self.bias_i is None:
+            return None
+        return torch.cat([getattr(self, f"bias_{g}") for g in GATE_ORDER])
+
+    def gates(self, x: Tensor) -> list[Tensor]:
+        """The four gate pre-activations, each (B, out, H, W)."""
+        return [
+            F.conv2d(x, getattr(self, f"weight_{g}"), getattr(self, f"bias_{g}"), padding=self.padding)
+            for g in GATE_ORDER
+        ]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 4·out, H, W): the fused conv's output."""
+        return torch.cat(self.gates(x), dim=1)
+
+    def extra_repr(self) -> str:
+        bias = self.bias_i is not None
+        return f"{self.in_channels}, 4 x {self.out_channels}, kernel_size={self.kernel_size}, bias={bias}"
+
+
+def _save_fused(module: GateConvs, state: dict, prefix: str, local_metadata) -> None:
+    if isinstance(state.get(f"{prefix}weight_i"), nn.Parameter):
+        return  # state_dict(keep_vars=True): the caller wants the parameters themselves (tracing, ONNX export)
+    for kind in ("weight", "bias"):
+        parts = [state.pop(f"{prefix}{kind}_{g}", None) for g in GATE_ORDER]
+        if all(p is not None for p in parts):
+            state[f"{prefix}{kind}"] = torch.cat(parts)
+
+
+def _load_fused(module: GateConvs, state: dict, prefix: str, *args) -> None:
+    for kind in ("weight", "bias"):
+        fused = state.pop(f"{prefix}{kind}", None)
+        if fused is None:
+            continue
+        if fused.shape[0] != 4 * module.out_channels:
+            state[f"{prefix}{kind}"] = fused  # let load_state_dict report the mismatch under the fused name
+            continue
+        for g, part in zip(GATE_ORDER, fused.chunk(4, dim=0)):
+            state[f"{prefix}{kind}_{g}"] = part
 
 
 class ConvLSTMCell(nn.Module):
@@ -44,32 +122,23 @@ class ConvLSTMCell(nn.Module):
         self.input_channels = int(input_channels)
         self.hidden_channels = int(hidden_channels)
         self.kernel_size = int(kernel_size)
-        pad = kernel_size // 2
-        self.conv_x = nn.Conv2d(input_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=True)
-        self.conv_h = nn.Conv2d(hidden_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=False)
+        self.conv_x = GateConvs(input_channels, hidden_channels, kernel_size, bias=True)
+        self.conv_h = GateConvs(hidden_channels, hidden_channels, kernel_size, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        hid = self.hidden_channels
         with torch.no_grad():
-            for g in range(4):
-                # Slicing dim 0 gives a view of shape (hid, C, k, k): xavier_normal_ then computes the fans of that
-                # single gate conv, as if the eight convs were separate modules (the original layout).
-                nn.init.xavier_normal_(self.conv_x.weight[g * hid : (g + 1) * hid])
-                nn.init.xavier_normal_(self.conv_h.weight[g * hid : (g + 1) * hid])
-            nn.init.zeros_(self.conv_x.bias)
+            for g in GATE_ORDER:
+                # Xavier-normal with the fans of that gate's own conv, as the original's separate modules
+                nn.init.xavier_normal_(getattr(self.conv_x, f"weight_{g}"))
+                nn.init.xavier_normal_(getattr(self.conv_h, f"weight_{g}"))
+                nn.init.zeros_(getattr(self.conv_x, f"bias_{g}"))
 
     def gate_weights(self) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
-        """Per-gate views ``{gate: (W_x (H,C_in,k,k), b_x (H,), W_h (H,H,k,k))}`` for gates 'i', 'f', 'c', 'o'.
-
-        They share storage with the fused parameters (writing into them changes the cell).
-        """
-        hid = self.hidden_channels
-        out = {}
-        for g, name in enumerate(GATE_ORDER):
-            sl = slice(g * hid, (g + 1) * hid)
-            out[name] = (self.conv_x.weight[sl], self.conv_x.bias[sl], self.conv_h.weight[sl])
-        return out
+        """The per-gate parameters ``{gate: (W_x (H,C_in,k,k), b_x (H,), W_h (H,H,k,k))}`` for 'i', 'f', 'c', 'o'
+        (writing into them changes the cell)."""
+        x, h = self.conv_x, self.conv_h
+        return {g: (getattr(x, f"weight_{g}"), getattr(x, f"bias_{g}"), getattr(h, f"weight_{g}")) for g in GATE_ORDER}
 
     def zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Zero (h, c), each (B, C_hid, H, W), matching x's batch, size, dtype and device."""
@@ -87,10 +156,11 @@ class ConvLSTMCell(nn.Module):
         if state is None:
             state = self.zero_state(x)
         h_prev, c_prev = state
-        gates = self.conv_x(x) + self.conv_h(h_prev)  # (B, 4*C_hid, H, W), gate order i, f, c~, o
+        # eight convolutions of C_hid channels (the original layout, faster here than two fused ones)
+        pre = [a + b for a, b in zip(self.conv_x.gates(x), self.conv_h.gates(h_prev))]  # i, f, c~, o: (B, C_hid, H, W)
         if extra is not None:
-            gates = gates + extra
-        i, f, g, o = gates.chunk(4, dim=1)  # each (B, C_hid, H, W)
+            pre = [p + e for p, e in zip(pre, extra.chunk(4, dim=1))]
+        i, f, g, o = pre
         i = torch.sigmoid(i)
         f = torch.sigmoid(f)
         g = torch.tanh(g)

@@ -1,0 +1,197 @@
+"""Stage-1 training speed (frozen trunk), through fpar's trainer, against the original code's way, in one run.
+
+    python benchmarks/bench_stage1.py [--preset tiny] [--frames 7] [--size 112] [--epochs 4] [--rounds 3]
+                                      [--batch 8] [--threads 2] [--json benchmarks/results/stage1.json]
+
+Four ways to train the same stage 1 (ResNet-34 trunk frozen, ConvLSTM 512 + classifier trained, Adam) for
+``--epochs`` epochs on the same synthetic clips, each evaluated every epoch, in alternating rounds (medians):
+
+* ``baseline``: written here the way the 2018 code works: each frame through the trunk in a Python loop (frozen
+  parameters with ``requires_grad=False``, no ``no_grad``), CAM per frame, the ConvLSTM as eight separate
+  convolutions, then backward and Adam;
+* ``fpar``: `fpar.engine.trainer.train` as is (all frames of a batch through the trunk at once, fused gates);
+* ``cache_cold``: the trainer with ``data.feature_cache`` starting empty (the schedule includes building it);
+* ``cache_warm``: the trainer with that cache already full.
+
+Figures are training images per second (clips x frames x epochs / wall time of the whole schedule, evaluation
+included). The projection for the paper's 200-epoch stage 1 uses the measured per-clip cost of a hit and of a
+miss and the expected number of distinct draws of a video in 200 epochs (40 draws: 40 (1 - (39/40)^200) misses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpar.config import load_config, set_value
+from fpar.data.synth import synthesize
+from fpar.engine.build import build_model
+from fpar.engine.trainer import make_loader, prepare, train
+from fpar.models.layers.attention import cam_attention
+
+STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
+DRAWS = 40
+
+
+class EightConvLSTM(nn.Module):
+    """The original cell: four gates, each with an input conv (bias) and a hidden conv (no bias)."""
+
+    def __init__(self, cin: int, hid: int):
+        super().__init__()
+        self.hid = hid
+        self.x = nn.ModuleList(nn.Conv2d(cin, hid, 3, padding=1) for _ in range(4))
+        self.h = nn.ModuleList(nn.Conv2d(hid, hid, 3, padding=1, bias=False) for _ in range(4))
+
+    def forward(self, x, state):
+        if state is None:
+            z = x.new_zeros(x.shape[0], self.hid, *x.shape[2:])
+            state = (z, z)
+        h, c = state
+        i, f, g, o = (self.x[k](x) + self.h[k](h) for k in range(4))
+        c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def baseline_schedule(cfg, epochs: int) -> float:
+    """Train + evaluate the original way; returns seconds."""
+    manifest, _, train_ds, select_ds, _ = prepare(cfg)
+    model, _ = build_model(cfg, manifest.vocab)
+    trunk = model.backbone
+    for p in trunk.parameters():
+        p.requires_grad = False
+    trunk.eval()
+    lstm = EightConvLSTM(trunk.num_features, cfg.model.ego_rnn.mem_size)
+    head = nn.Linear(cfg.model.ego_rnn.mem_size, len(manifest.classes))
+    drop = nn.Dropout(cfg.model.dropout)
+    opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3, eps=1e-4)
+
+    def clip_logits(rgb):
+        state = None
+        for t in range(rgb.shape[1]):  # one frame at a time, as the original
+            feats = trunk.forward_features(rgb[:, t])
+            attended, _, _ = cam_attention(feats["conv5"], feats["conv5_nobn"], trunk.fc.weight, trunk.fc.bias)
+            state = lstm(attended, state)
+        return head(drop(state[1].mean(dim=(2, 3))))
+
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        train_ds.set_epoch(epoch)
+        lstm.train()
+        for batch in make_loader(train_ds, cfg, train=True, epoch=epoch):
+            loss = F.cross_entropy(clip_logits(batch["rgb"]), batch["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        lstm.eval()
+        with torch.no_grad():
+            for batch in make_loader(select_ds, cfg, train=False):
+                clip_logits(batch["rgb"])
+    return time.perf_counter() - t0
+
+
+def trainer_schedule(cfg, out: Path, cache: Path | None) -> tuple[float, list[float]]:
+    c = copy.deepcopy(cfg)
+    set_value(c, "out", str(out), "the benchmark")
+    if cache is not None:
+        set_value(c, "data.feature_cache", str(cache), "the benchmark")
+    t0 = time.perf_counter()
+    train(c, log=lambda m: None, progress=False)
+    dt = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return dt, [r.get("cache_hit_rate", 0.0) for r in rows]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--data", default=None, help="dataset root (default: a synthetic --preset)")
+    ap.add_argument("--frames", type=int, default=7)
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    work = Path(tempfile.mkdtemp(prefix="fpar-bench-stage1-"))
+    try:
+        root = Path(a.data) if a.data else work / "data"
+        if not a.data:
+            synthesize(root, preset=a.preset, seed=0)
+        cfg = load_config(
+            STAGE1,
+            [
+                f"data.root={root}",
+                f"data.frames={a.frames}",
+                f"data.input_size={a.size}",
+                f"data.scale_size={round(a.size * 256 / 224)}",
+                "model.pretrained=none",  # the speed does not depend on the values of the weights
+                f"train.batch_size={a.batch}",
+                f"train.eval_batch_size={a.batch}",
+                f"train.epochs={a.epochs}",
+                "train.progress=false",
+            ],
+        )
+        _, _, train_ds, select_ds, _ = prepare(cfg)
+        images = len(train_ds) * a.frames * a.epochs
+        times: dict[str, list[float]] = {k: [] for k in ("baseline", "fpar", "cache_cold", "cache_warm")}
+        hit_rates: list[float] = []
+        for r in range(a.rounds):  # alternating: every way once per round
+            times["baseline"].append(baseline_schedule(cfg, a.epochs))
+            times["fpar"].append(trainer_schedule(cfg, work / f"fpar{r}", None)[0])
+            cache = work / f"cache{r}"
+            dt, _ = trainer_schedule(cfg, work / f"cold{r}", cache)
+            times["cache_cold"].append(dt)
+            dt, hits = trainer_schedule(cfg, work / f"warm{r}", cache)
+            times["cache_warm"].append(dt)
+            hit_rates = hits
+            shutil.rmtree(cache)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ips = {k: images / v for k, v in med.items()}
+        base = ips["baseline"]
+        # 200-epoch projection: seconds per clip-epoch of a miss (cold epoch ~ all misses) and of a hit (warm)
+        per_clip_warm = med["cache_warm"] / (len(train_ds) * a.epochs)
+        per_clip_base = med["baseline"] / (len(train_ds) * a.epochs)
+        misses = DRAWS * (1 - (1 - 1 / DRAWS) ** 200)
+        per_clip_miss = per_clip_base if a.epochs == 0 else med["fpar"] / (len(train_ds) * a.epochs)
+        proj_cache = misses * per_clip_miss + (200 - misses) * per_clip_warm
+        proj_base = 200 * per_clip_base
+        result = {
+            "preset": a.preset if not a.data else str(root),
+            "train_videos": len(train_ds),
+            "test_videos": len(select_ds),
+            "frames": a.frames,
+            "size": a.size,
+            "batch": a.batch,
+            "epochs": a.epochs,
+            "rounds": a.rounds,
+            "threads": a.threads,
+            "median_seconds": {k: round(v, 2) for k, v in med.items()},
+            "images_per_s": {k: round(v, 2) for k, v in ips.items()},
+            "speedup_vs_baseline": {k: round(v / base, 2) for k, v in ips.items()},
+            "warm_hit_rates": hit_rates,
+            "projection_200_epochs": {
+                "expected_misses_per_video": round(misses, 2),
+                "speedup_vs_baseline": round(proj_base / proj_cache, 2),
+            },
+        }
+        print(json.dumps(result, indent=2))
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ import copy
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,28 +39,13 @@ from fpar.data.synth import synthesize
 from fpar.engine.build import build_model
 from fpar.engine.trainer import make_loader, prepare, train
 from fpar.models.layers.attention import cam_attention
+from fpar.models.layers.conv_lstm import ConvLSTMCell
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
 
 STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
 DRAWS = 40
-
-
-class EightConvLSTM(nn.Module):
-    """The original cell: four gates, each with an input conv (bias) and a hidden conv (no bias)."""
-
-    def __init__(self, cin: int, hid: int):
-        super().__init__()
-        self.hid = hid
-        self.x = nn.ModuleList(nn.Conv2d(cin, hid, 3, padding=1) for _ in range(4))
-        self.h = nn.ModuleList(nn.Conv2d(hid, hid, 3, padding=1, bias=False) for _ in range(4))
-
-    def forward(self, x, state):
-        if state is None:
-            z = x.new_zeros(x.shape[0], self.hid, *x.shape[2:])
-            state = (z, z)
-        h, c = state
-        i, f, g, o = (self.x[k](x) + self.h[k](h) for k in range(4))
-        c = torch.tanh(g) * torch.sigmoid(i) + c * torch.sigmoid(f)
-        return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def baseline_schedule(cfg, epochs: int) -> float:
@@ -70,7 +56,7 @@ def baseline_schedule(cfg, epochs: int) -> float:
     for p in trunk.parameters():
         p.requires_grad = False
     trunk.eval()
-    lstm = EightConvLSTM(trunk.num_features, cfg.model.ego_rnn.mem_size)
+    lstm = EightConvCell(ConvLSTMCell(trunk.num_features, cfg.model.ego_rnn.mem_size))  # the original's 8 convs
     head = nn.Linear(cfg.model.ego_rnn.mem_size, len(manifest.classes))
     drop = nn.Dropout(cfg.model.dropout)
     opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3, eps=1e-4)

@@ -45,6 +45,34 @@ def cache_dir() -> Path:
     return Path(base) / "fpar"
 
 
+def _cache_file(kind: str, path: str, what: str) -> Path:
+    """Where the derived facts of the file ``path`` are kept: ``cache_dir()/<kind>/<hash>.json``, the hash of its
+    absolute path, size and modification time (a changed file is looked at again)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise FparError(f"{what} {path} cannot be read ({e.strerror})") from None
+    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir() / kind / f"{key}.json"
+
+
+def _read_cached(cached: Path):
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cached(cached: Path, data) -> None:
+    try:
+        from ..utils import atomic_write_text
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps(data))
+    except OSError as e:  # a read-only home: worked out again next time
+        logger.debug("%s not cached (%s)", cached, e)
+
+
 def split_ref(ref: str) -> tuple[str, str] | None:
     """(container, member) of a reference inside a tar or a video; None for a plain file."""
     i = ref.rfind(SEP)
@@ -119,16 +147,11 @@ def tar_members(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
     hit = _TAR_INDEX.get(path)
     if hit is not None:
         return hit
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise FparError(f"{path} cannot be read ({e.strerror}); check the dataset's tars") from None
-    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / "tar-index" / f"{key}.json"
+    cached = _cache_file("tar-index", path, "tar")
     index = None
     try:
-        index = {k: (int(o), int(s)) for k, (o, s) in json.loads(cached.read_text()).items()}
-    except (OSError, ValueError, TypeError):
+        index = {k: (int(o), int(s)) for k, (o, s) in (_read_cached(cached) or {}).items()} or None
+    except (ValueError, TypeError, AttributeError):
         pass
     if index is None:
         index = {}
@@ -147,13 +170,7 @@ def tar_members(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
                 f"{path} is not a readable uncompressed tar ({e}); download it again (a truncated download is the "
                 "usual cause) or extract it and point fpar at the folder"
             ) from None
-        try:
-            from ..utils import atomic_write_text
-
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cached, json.dumps(index))
-        except OSError as e:  # a read-only home: index again next time
-            logger.debug("tar index of %s not cached (%s)", path, e)
+        _write_cached(cached, index)
     _TAR_INDEX[path] = index
     return index
 
@@ -199,16 +216,11 @@ def probe_video(path: str | os.PathLike) -> tuple[int, float]:
     """(frames, fps) of a video file, from its container's metadata when it states a frame count, else by
     decoding it. Results are cached in ``cache_dir()/probe`` by path, size and modification time."""
     path = os.path.abspath(os.fspath(path))
+    cached = _cache_file("probe", path, "video")
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise FparError(f"video {path} cannot be read ({e.strerror})") from None
-    key = hashlib.sha1(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-    cached = cache_dir() / "probe" / f"{key}.json"
-    try:
-        d = json.loads(cached.read_text())
+        d = _read_cached(cached)
         return int(d["frames"]), float(d["fps"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         pass
     import av
 
@@ -224,13 +236,7 @@ def probe_video(path: str | os.PathLike) -> tuple[int, float]:
         raise
     except Exception as e:  # av raises its own error types for every kind of damage
         raise FparError(f"video {path} cannot be decoded ({type(e).__name__}: {e}); replace the file") from None
-    try:
-        from ..utils import atomic_write_text
-
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cached, json.dumps({"frames": n, "fps": fps}))
-    except OSError:
-        pass
+    _write_cached(cached, {"frames": n, "fps": fps})
     return n, fps
 
 

@@ -61,3 +61,16 @@ def read_dataset(data: DataConfig) -> Manifest:
 def reader_of(manifest: Manifest) -> ReaderSpec:
     """The reader that wrote a manifest."""
     return reader_spec(manifest.layout)
+
+
+def split_by_role(manifest: Manifest, train_role: str, test_role: str, what: str) -> tuple[list[int], list[int]]:
+    """The usable segments whose annotations give them ``train_role`` / ``test_role`` (`VideoRecord.split`), for
+    formats whose annotation files name the split (EGTEA, EPIC); ``what`` names the split in the error."""
+    train = [i for i, v in enumerate(manifest.videos) if v.split == train_role and v.usable]
+    test = [i for i, v in enumerate(manifest.videos) if v.split == test_role and v.usable]
+    if not train or not test:
+        raise FparError(
+            f"{what} under {manifest.root} has {len(train)} usable {train_role} and {len(test)} {test_role} "
+            "segments; run `fpar data check` on it"
+        )
+    return train, test

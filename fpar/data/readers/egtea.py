@@ -25,6 +25,7 @@ from ...errors import FparError
 from ...registry import ReaderSpec, register_reader
 from ..frames import FrameSeq, probe_video
 from ..manifest import Manifest, Problem, VideoRecord, Vocabulary
+from . import split_by_role
 
 SPLITS = (1, 2, 3)
 
@@ -264,14 +265,7 @@ def _vocabulary(ann: Path, idx, lines: list[SplitLine], problems, root) -> Vocab
 
 
 def split(manifest: Manifest, block: EGTEAConfig) -> tuple[list[int], list[int]]:
-    train = [i for i, v in enumerate(manifest.videos) if v.split == "train" and v.usable]
-    test = [i for i, v in enumerate(manifest.videos) if v.split == "test" and v.usable]
-    if not train or not test:
-        raise FparError(
-            f"EGTEA split {block.split} under {manifest.root} has {len(train)} usable training and {len(test)} test "
-            "clips; run `fpar data check` on it"
-        )
-    return train, test
+    return split_by_role(manifest, "train", "test", f"EGTEA split {block.split}")
 
 
 def detect(root: Path, data=None) -> bool:

@@ -33,6 +33,7 @@ from ...errors import FparError
 from ...registry import ReaderSpec, register_reader
 from ..frames import FrameSeq, tar_members
 from ..manifest import Manifest, Problem, VideoRecord, Vocabulary
+from . import split_by_role
 
 COLUMNS = (
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
@@ -401,14 +402,7 @@ def read(root, block: Epic100Config, data) -> Manifest:
 
 
 def split(manifest: Manifest, block: Epic100Config) -> tuple[list[int], list[int]]:
-    train = [i for i, v in enumerate(manifest.videos) if v.split == "train" and v.usable]
-    test = [i for i, v in enumerate(manifest.videos) if v.split == "validation" and v.usable]
-    if not train or not test:
-        raise FparError(
-            f"EPIC-KITCHENS-100 under {manifest.root} has {len(train)} usable training and {len(test)} validation "
-            "segments; run `fpar data check` on it"
-        )
-    return train, test
+    return split_by_role(manifest, "train", "validation", "EPIC-KITCHENS-100")
 
 
 def detect(root: Path, data=None) -> bool:

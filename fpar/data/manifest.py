@@ -3,8 +3,9 @@
 A reader (``fpar/data/readers/``) turns a dataset root in its native format into one manifest: a row per video
 segment with its subject (participant), its label ids (action; verb and noun where the format has them), the ordered
 frame files of each modality (so the frame range and the mapping of an RGB frame index to its flow are explicit:
-entry k of ``rgb`` is frame k of the segment, entry k of ``flow_x`` the flow from frame k to k+1) and the problems
-found. Everything downstream (datasets, metrics, checkpoints) reads only this.
+entry k of ``rgb`` is frame k of the segment, entry k of ``flow_x`` the flow that starts at frame k·``flow_stride``;
+stride 1 everywhere but EPIC-55's half-rate flow) and the problems found. A frame is a path, a tar member
+(``TAR::MEMBER``) or a video frame (``VIDEO::K``), and long segments list theirs lazily (`fpar.data.frames`). Everything downstream (datasets, metrics, checkpoints) reads only this.
 """
 
 from __future__ import annotations

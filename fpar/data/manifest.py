@@ -5,7 +5,8 @@ segment with its subject (participant), its label ids (action; verb and noun whe
 frame files of each modality (so the frame range and the mapping of an RGB frame index to its flow are explicit:
 entry k of ``rgb`` is frame k of the segment, entry k of ``flow_x`` the flow that starts at frame k·``flow_stride``;
 stride 1 everywhere but EPIC-55's half-rate flow) and the problems found. A frame is a path, a tar member
-(``TAR::MEMBER``) or a video frame (``VIDEO::K``), and long segments list theirs lazily (`fpar.data.frames`). Everything downstream (datasets, metrics, checkpoints) reads only this.
+(``TAR::MEMBER``) or a video frame (``VIDEO::K``), and long segments list theirs lazily (`fpar.data.frames`).
+Everything downstream (datasets, metrics, checkpoints) reads only this.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from ..data.readers import read_dataset
 from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
 from ..errors import FparError
 from ..locks import FolderLock
+from ..models.backbone import ResNetTrunk
 from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
 from ..version import __version__
@@ -506,6 +507,9 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             raise FparError("train.sync_bn=true needs GPUs (NCCL): PyTorch's SyncBatchNorm does not run on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, statistics over every process
     trainable = apply_trainable(model, resolve_trainable(cfg))
+    for m in model.modules():  # train.checkpoint: every ResNet trunk of the model (streams included)
+        if isinstance(m, ResNetTrunk):
+            m.checkpoint = cfg.train.checkpoint
     cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
     model.to(device)
     optimizer = make_optimizer(model, cfg)

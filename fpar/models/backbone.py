@@ -143,12 +143,28 @@ class ResNetTrunk(nn.Module):
         out["logits"] = self.logits_from(conv5)
         return out
 
+    # Activation checkpointing (``train.checkpoint``, set by the engine): with gradients to compute, the trunk keeps
+    # only its inputs and the maps it returns, and recomputes the rest in backward, ``checkpoint_chunk`` frames at a
+    # time (the peak of the recomputation). Chunks of frozen-BN frames give the same values up to float rounding.
+    checkpoint: bool = False
+    checkpoint_chunk: int = 32
+
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """(B, in_chans, H, W) -> {'conv3': layer2 out, 'conv4': layer3 out, 'conv5': layer4 out (BN+ReLU),
         'conv5_nobn': last block without its last BN and ReLU, 'logits': (B, num_classes)}.
 
         At 224 px: conv3 (B,128,28,28), conv4 (B,256,14,14), conv5 / conv5_nobn (B,512,7,7) for resnet18/34.
         """
+        if self.checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            from torch.utils.checkpoint import checkpoint
+
+            bn_training = any(m.training for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+            chunks = [x] if bn_training else list(x.split(self.checkpoint_chunk))  # BN statistics need the batch
+            outs = [checkpoint(self._features, c, use_reentrant=False) for c in chunks]
+            return {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if len(outs) > 1 else outs[0]
+        return self._features(x)
+
+    def _features(self, x: Tensor) -> dict[str, Tensor]:
         conv3 = self.layer2(self.layer1(self.stem(x)))
         return {"conv3": conv3, **self.forward_from(conv3, "conv3")}
 

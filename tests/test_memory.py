@@ -74,3 +74,31 @@ def test_checkpointed_backward_equals_plain_backward():
         torch.testing.assert_close(chunked[n], plain[n], rtol=1e-5, atol=1e-6)
     # what autograd keeps for backward during the forward: the trunk's inputs and outputs, not its layers
     assert one_saved < plain_saved / 2
+
+
+def test_amp_on_the_cpu_autocasts_to_bf16_or_says_it_cannot(tiny_root, tmp_path, monkeypatch):
+    """train.amp=true on a CPU: bf16 autocast where oneDNN has bf16 (the loss then differs from fp32 by rounding);
+    where it has not, a one-line error before anything is written (not a silent fp32 run)."""
+    import json
+
+    import pytest
+
+    from fpar.engine import trainer
+    from fpar.errors import FparError
+    from tests.conftest import tiny_args
+
+    stage1 = STAGE2.parent / "ego_rnn_stage1.yaml"
+
+    def run(out, *extra):
+        trainer.train(load_config(stage1, [*tiny_args(tiny_root), "train.epochs=1", f"out={out}", *extra]),
+                      log=lambda m: None)  # fmt: skip
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+    if trainer._cpu_has_bf16():
+        fp32, bf16 = run(tmp_path / "fp32"), run(tmp_path / "bf16", "train.amp=true")
+        assert bf16["train_loss"] != fp32["train_loss"]
+        assert bf16["train_loss"] == pytest.approx(fp32["train_loss"], rel=0.05)
+    monkeypatch.setattr(trainer, "_cpu_has_bf16", lambda: False)
+    with pytest.raises(FparError, match="this CPU has no bf16 arithmetic"):
+        run(tmp_path / "none", "train.amp=true")
+    assert not (tmp_path / "none" / "config.yaml").exists()

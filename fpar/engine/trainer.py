@@ -229,9 +229,31 @@ def _stop_workers(source) -> None:
             w.terminate()
 
 
+def _cpu_has_bf16() -> bool:
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
+def amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
+    """What ``train.amp=true`` autocasts to: bf16 where the device computes in it, fp16 (with a GradScaler) on GPUs
+    without bf16; None with ``train.amp=false``. A CPU without bf16 is a one-line error, not a silent fp32 run."""
+    if not cfg.train.amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        if not _cpu_has_bf16():
+            raise FparError(
+                "train.amp=true: this CPU has no bf16 arithmetic (oneDNN reports none), so mixed precision would only "
+                "slow it down; set train.amp=false (or train on a GPU)"
+            )
+        return torch.bfloat16
+    raise FparError(f"train.amp=true is not supported on {device.type}; set train.amp=false")
+
+
 def _autocast(cfg: ExperimentConfig, device: torch.device):
-    enabled = bool(cfg.train.amp and device.type == "cuda")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def metrics_of(r: dict, vocab: Vocabulary, manifest: Manifest | None = None) -> dict:
@@ -301,8 +323,10 @@ def train_one_epoch(
     epoch: int,
     progress: bool,
     step: nn.Module | None = None,
+    scaler=None,
 ) -> dict:
-    """One epoch; ``step`` is the `TrainStep` (DDP-wrapped when several processes train) of ``model``."""
+    """One epoch; ``step`` is the `TrainStep` (DDP-wrapped when several processes train) of ``model``; ``scaler``
+    the GradScaler of fp16 autocast (GPUs without bf16)."""
     from tqdm import tqdm
 
     d = distributed.current()
@@ -346,12 +370,19 @@ def train_one_epoch(
                 "the previous epoch)"
             )
         optimizer.zero_grad(set_to_none=True)
-        (loss * scale if scale != 1.0 else loss).backward()
+        scaled = loss * scale if scale != 1.0 else loss
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if scaler is not None and cfg.train.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip
             )
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skips the step when fp16 overflowed
+            scaler.update()
+        else:
+            optimizer.step()
         fault("batch")
         seen += own
         correct += (logits[:own].argmax(1) == batch["label"][:own]).sum().item()
@@ -506,6 +537,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         if d.backend != "nccl":
             raise FparError("train.sync_bn=true needs GPUs (NCCL): PyTorch's SyncBatchNorm does not run on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, statistics over every process
+    dtype = amp_dtype(cfg, device)  # train.amp: decided (or refused) before anything is written
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     trainable = apply_trainable(model, resolve_trainable(cfg))
     for m in model.modules():  # train.checkpoint: every ResNet trunk of the model (streams included)
         if isinstance(m, ResNetTrunk):
@@ -534,6 +567,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 "shapes): it does not belong to this run folder; restore the run's own last.pt or start a new run"
             ) from None
         optimizer.load_state_dict(last["optimizer"])
+        if scaler is not None and last.get("scaler"):
+            scaler.load_state_dict(last["scaler"])
         ranks = last.get("rng_ranks")
         if d.enabled and ranks and len(ranks) != d.world:
             logger.warning(
@@ -606,6 +641,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             epoch=epoch,
             progress=progress,
             step=step,
+            scaler=scaler,
         )
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
@@ -652,6 +688,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 "epoch": epoch + 1,
                 "rng": rngs[0],
                 **({"rng_ranks": rngs} if d.enabled else {}),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                 "history": history,
                 "best": best,
                 "finished": epoch + 1 == cfg.train.epochs,

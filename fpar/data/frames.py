@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -192,20 +192,31 @@ def read_tar_member(tar: str, member: str) -> bytes:
     return data
 
 
-def tar_numbers(tar: str, folder: str = "", prefix: str = "frame_") -> list[int]:
-    """The sorted file numbers of the members ``[folder/]prefix<number>.<ext>`` of a tar."""
+def numbered(names: Iterable[str], prefix: str = "frame_") -> tuple[list[int], str]:
+    """The sorted file numbers of the names ``<prefix><number>.<ext>`` among ``names`` (a name with a ``/`` is in a
+    subfolder and does not count), and their extension (``.jpg`` when there is none)."""
+    nums, ext = [], ".jpg"
+    for name in names:
+        if name.startswith(prefix) and "/" not in name:
+            stem, dot, tail = name[len(prefix) :].partition(".")
+            if stem.isdigit():
+                nums.append(int(stem))
+                ext = dot + tail
+    return sorted(nums), ext
+
+
+def folder_numbers(folder: str | os.PathLike, prefix: str = "frame_") -> tuple[list[int], str]:
+    """`numbered` over the files of a folder; ([], ".jpg") when it cannot be listed."""
+    try:
+        return numbered(os.listdir(folder), prefix)
+    except OSError:
+        return [], ".jpg"
+
+
+def tar_numbers(tar: str, folder: str = "", prefix: str = "frame_") -> tuple[list[int], str]:
+    """`numbered` over the members ``[folder/]<prefix><number>.<ext>`` of a tar."""
     want = f"{folder}/" if folder else ""
-    out = []
-    for name in tar_members(tar):
-        if not name.startswith(want):
-            continue
-        base = name[len(want) :]
-        if "/" in base or not base.startswith(prefix):
-            continue
-        stem = base[len(prefix) :].split(".", 1)[0]
-        if stem.isdigit():
-            out.append(int(stem))
-    return sorted(out)
+    return numbered((m[len(want) :] for m in tar_members(tar) if m.startswith(want)), prefix)
 
 
 # --------------------------------------------------------------------------------------------------------------

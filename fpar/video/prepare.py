@@ -343,7 +343,7 @@ def _iter_tar(tar: str, short_side: int | None) -> Iterator[np.ndarray]:
     from fpar.data.imageio import read_rgb
     from fpar.video.io import resize_short_side
 
-    for k in tar_numbers(tar):
+    for k in tar_numbers(tar)[0]:
         yield resize_short_side(read_rgb(f"{tar}::frame_{k:010d}.jpg"), short_side)
 
 
@@ -355,46 +355,33 @@ def _replace_dir(src: Path, dest: Path, trash: Path) -> None:
     os.replace(src, dest)
 
 
+def _frames_and_flows(job: Job, settings: dict[str, Any]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``(n, frame n (1-based, RGB), warp flow n-1 -> n (H, W, 2), or None for the first frame)`` of a job's video;
+    fewer than 2 frames is an error (no flow can be made)."""
+    from fpar.video.flow import to_grey, warp_flow
+
+    n = 0
+    prev = None
+    for rgb in _frames(job, settings["fps"], settings["short_side"]):
+        n += 1
+        grey = to_grey(rgb)
+        yield n, rgb, (warp_flow(prev, grey, settings["flow_method"]) if prev is not None else None)
+        prev = grey
+    if n < 2:
+        span = "" if job.start is None and job.end is None else f" between start={job.start} and end={job.end} s"
+        raise FparError(
+            f"{job.source}: {n} frame(s) decoded{span}; optical flow needs at least 2, check the file / time range"
+        )
+
+
 def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Prepare one video; never raises (spawn workers must return picklable results). Returns a result record."""
-    import cv2
-
-    from fpar.data.flowcodec import encode_flow
-    from fpar.video.flow import motion_map, to_grey, warp_flow
-
     t0 = time.perf_counter()
     out = Path(root)
     tmp = out / TMP_NAME / uuid.uuid4().hex
-    if settings.get("layout", "gtea61") != "gtea61":
-        return _process_native(job, out, tmp, settings, t0)
+    write = _write_gtea61 if settings.get("layout", "gtea61") == "gtea61" else _write_native
     try:
-        frames_tmp, fx_tmp, fy_tmp = tmp / "frames", tmp / "flow_x", tmp / "flow_y"
-        rgb_dir, map_dir = frames_tmp / "rgb", frames_tmp / "mmaps"
-        for d in (rgb_dir, map_dir, fx_tmp, fy_tmp):
-            d.mkdir(parents=True)
-        n = 0
-        prev_grey = last_map = None
-        for rgb in _frames(job, settings["fps"], settings["short_side"]):
-            n += 1
-            _write_png(rgb_dir / f"rgb{n:04d}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-            grey = to_grey(rgb)
-            if prev_grey is not None:
-                wf = warp_flow(prev_grey, grey, settings["flow_method"])  # flow n-1 -> n, (H, W, 2)
-                _write_png(fx_tmp / f"flow_x_{n - 1:05d}.png", encode_flow(wf[..., 0]))
-                _write_png(fy_tmp / f"flow_y_{n - 1:05d}.png", encode_flow(wf[..., 1]))
-                last_map = motion_map(wf, settings["mmap_thresh"])
-                _write_png(map_dir / f"map{n - 1:04d}.png", last_map)
-            prev_grey = grey
-        if n < 2:
-            span = "" if job.start is None and job.end is None else f" between start={job.start} and end={job.end} s"
-            raise FparError(
-                f"{job.source}: {n} frame(s) decoded{span}; optical flow needs at least 2, check the file / time range"
-            )
-        _write_png(map_dir / f"map{n:04d}.png", last_map)  # the last frame has no outgoing flow: reuse map n-1
-        # Commit: flows first, frames last (the rgb folder is what makes an instance visible to the loader).
-        _replace_dir(fx_tmp, out / FLOW_X_DIR / job.key, tmp / "old_flow_x")
-        _replace_dir(fy_tmp, out / FLOW_Y_DIR / job.key, tmp / "old_flow_y")
-        _replace_dir(frames_tmp, out / settings["frames_dir"] / job.key, tmp / "old_frames")
+        n = write(job, out, tmp, settings)
         return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0}
     except Exception as e:  # reported per video; the run goes on
         msg = str(e) if isinstance(e, FparError) else f"{type(e).__name__}: {e}"
@@ -403,11 +390,39 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_gtea61(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> int:
+    """The course layout: PNG frames, flow_x/flow_y PNGs and motion maps; returns the frame count."""
+    import cv2
+
+    from fpar.data.flowcodec import encode_flow
+    from fpar.video.flow import motion_map
+
+    frames_tmp, fx_tmp, fy_tmp = tmp / "frames", tmp / "flow_x", tmp / "flow_y"
+    rgb_dir, map_dir = frames_tmp / "rgb", frames_tmp / "mmaps"
+    for d in (rgb_dir, map_dir, fx_tmp, fy_tmp):
+        d.mkdir(parents=True)
+    n = 0
+    last_map = None
+    for n, rgb, wf in _frames_and_flows(job, settings):
+        _write_png(rgb_dir / f"rgb{n:04d}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if wf is not None:
+            _write_png(fx_tmp / f"flow_x_{n - 1:05d}.png", encode_flow(wf[..., 0]))
+            _write_png(fy_tmp / f"flow_y_{n - 1:05d}.png", encode_flow(wf[..., 1]))
+            last_map = motion_map(wf, settings["mmap_thresh"])
+            _write_png(map_dir / f"map{n - 1:04d}.png", last_map)
+    _write_png(map_dir / f"map{n:04d}.png", last_map)  # the last frame has no outgoing flow: reuse map n-1
+    # Commit: flows first, frames last (the rgb folder is what makes an instance visible to the loader).
+    _replace_dir(fx_tmp, out / FLOW_X_DIR / job.key, tmp / "old_flow_x")
+    _replace_dir(fy_tmp, out / FLOW_Y_DIR / job.key, tmp / "old_flow_y")
+    _replace_dir(frames_tmp, out / settings["frames_dir"] / job.key, tmp / "old_frames")
+    return n
+
+
 NATIVE_LAYOUTS = ("gtea61", "egtea", "epic100")
 
 
 def native_targets(layout: str, key: str) -> tuple[str | None, str]:
-    """Where `_process_native` puts a video's frames and flow, relative to ``out``: (frames folder or None, flow folder
+    """Where `_write_native` puts a video's frames and flow, relative to ``out``: (frames folder or None, flow folder
     holding ``u/`` and ``v/``). EGTEA: ``frames/<clip>``, ``flow/<clip>``; EPIC: flow only,
     ``<participant>/flow_frames/<video>`` (the readers' prepared layouts)."""
     if layout == "egtea":
@@ -415,43 +430,29 @@ def native_targets(layout: str, key: str) -> tuple[str | None, str]:
     return None, f"{key.split('/')[0]}/flow_frames/{key.split('/')[-1]}"
 
 
-def _process_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any], t0: float) -> dict[str, Any]:
+def _write_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> int:
     """One EGTEA clip or EPIC video: frames as ``frame_%010d.jpg`` (EGTEA only: EPIC has its frames) and warp flow
     ``flow/{u,v}/frame_%010d.png`` (fpar's encoding, flow k from frame k to k+1, PNG so nothing is lost)."""
     import cv2
 
     from fpar.data.flowcodec import encode_flow
-    from fpar.video.flow import to_grey, warp_flow
 
     frames_rel, flow_rel = native_targets(settings["layout"], job.key)
-    try:
-        rgb_tmp, flow_tmp = tmp / "frames", tmp / "flow"
-        for d in (rgb_tmp, flow_tmp / "u", flow_tmp / "v"):
-            d.mkdir(parents=True)
-        n = 0
-        prev = None
-        for rgb in _frames(job, settings["fps"], settings["short_side"]):
-            n += 1
-            if frames_rel is not None:
-                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-                (rgb_tmp / f"frame_{n:010d}.jpg").write_bytes(buf.tobytes())
-            grey = to_grey(rgb)
-            if prev is not None:
-                wf = warp_flow(prev, grey, settings["flow_method"])  # flow n-1 -> n, (H, W, 2)
-                _write_png(flow_tmp / "u" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 0]))
-                _write_png(flow_tmp / "v" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 1]))
-            prev = grey
-        if n < 2:
-            raise FparError(f"{job.source}: {n} frame(s) decoded; optical flow needs at least 2")
-        _replace_dir(flow_tmp, out / flow_rel, tmp / "old_flow")  # flow first, frames last (they make it visible)
+    rgb_tmp, flow_tmp = tmp / "frames", tmp / "flow"
+    for d in (rgb_tmp, flow_tmp / "u", flow_tmp / "v"):
+        d.mkdir(parents=True)
+    n = 0
+    for n, rgb, wf in _frames_and_flows(job, settings):
         if frames_rel is not None:
-            _replace_dir(rgb_tmp, out / frames_rel, tmp / "old_frames")
-        return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0}
-    except Exception as e:
-        msg = str(e) if isinstance(e, FparError) else f"{type(e).__name__}: {e}"
-        return {"key": job.key, "ok": False, "error": msg, "traceback": traceback.format_exc()}
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            (rgb_tmp / f"frame_{n:010d}.jpg").write_bytes(buf.tobytes())
+        if wf is not None:
+            _write_png(flow_tmp / "u" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 0]))
+            _write_png(flow_tmp / "v" / f"frame_{n - 1:010d}.png", encode_flow(wf[..., 1]))
+    _replace_dir(flow_tmp, out / flow_rel, tmp / "old_flow")  # flow first, frames last (they make it visible)
+    if frames_rel is not None:
+        _replace_dir(rgb_tmp, out / frames_rel, tmp / "old_frames")
+    return n
 
 
 def _native_complete(root: Path, layout: str, key: str, n: int) -> bool:
@@ -465,7 +466,7 @@ def discover_native(layout: str, root: str | os.PathLike) -> tuple[list[Job], li
     """The jobs of a dataset in its native format: every EGTEA clip of the three splits that exists, or every EPIC
     video that has RGB frames (folder or tar) and no flow. Returns (jobs, notes about what is skipped)."""
     from fpar.data.readers.egtea import EGTEAConfig, _session, read_index, read_split
-    from fpar.data.readers.epic100 import COLUMNS, Epic100Config, annotations_dir, read_rows
+    from fpar.data.readers.epic100 import COLUMNS, TEST_COLUMNS, Epic100Config, annotations_dir, read_rows
 
     root = Path(root)
     jobs: list[Job] = []
@@ -491,10 +492,13 @@ def discover_native(layout: str, root: str | os.PathLike) -> tuple[list[Job], li
     block = Epic100Config()
     ann = annotations_dir(root, block)
     seen: dict[str, str] = {}
-    for name in (block.train_csv, block.test_csv, "EPIC_100_test_timestamps.csv"):
+    for name, cols in (
+        (block.train_csv, COLUMNS),
+        (block.test_csv, COLUMNS),
+        ("EPIC_100_test_timestamps.csv", TEST_COLUMNS),
+    ):
         p = ann / name
         if p.is_file():
-            cols = COLUMNS if name != "EPIC_100_test_timestamps.csv" else COLUMNS[:8]
             for _, row in read_rows(p, cols, [], root):
                 seen.setdefault(row["video_id"].strip(), row["participant_id"].strip())
     for video, part in seen.items():

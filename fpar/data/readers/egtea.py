@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ...errors import FparError
 from ...registry import ReaderSpec, register_reader
-from ..frames import FrameSeq, probe_video
+from ..frames import FrameSeq, folder_numbers, probe_video
 from ..manifest import Manifest, Problem, VideoRecord, Vocabulary
 from . import split_by_role
 
@@ -124,25 +124,8 @@ def read_split(path: Path, role: str, idx: tuple[dict, dict, dict], problems: li
     return out
 
 
-def _numbered(folder: Path, prefix: str = "frame_") -> tuple[list[int], str]:
-    """The sorted file numbers of ``folder/<prefix><number>.<ext>`` and their extension (``.jpg``: fpar prepare writes
-    frames as JPEG and flow as PNG)."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return [], ".jpg"
-    nums, ext = [], ".jpg"
-    for name in names:
-        if name.startswith(prefix):
-            stem, dot, tail = name[len(prefix) :].partition(".")
-            if stem.isdigit():
-                nums.append(int(stem))
-                ext = dot + tail
-    return sorted(nums), ext
-
-
 def _frames(folder: Path, found: tuple[list[int], str]) -> list[str] | FrameSeq:
-    """The files of a prepared frame folder: a lazy range when numbered 1..n without gaps."""
+    """The files of a prepared frame folder (its `folder_numbers`): a lazy range when numbered 1..n without gaps."""
     nums, ext = found
     if nums == list(range(1, len(nums) + 1)):
         return FrameSeq(str(folder / f"frame_{{:010d}}{ext}"), 1, len(nums))
@@ -204,12 +187,12 @@ def _record(root: Path, block: EGTEAConfig, sl: SplitLine, vocab: Vocabulary, pr
         meta={"nouns": sl.nouns, "session": session, "line": sl.line, "file": sl.file},
     )
     frames = root / block.frames_dir / sl.clip
-    found = _numbered(frames)
+    found = folder_numbers(frames)
     if found[0]:  # prepared by fpar prepare --format egtea
         v.meta["where"] = os.path.relpath(frames, root)
         v.rgb = _frames(frames, found)
         fu, fv = root / block.flow_dir / sl.clip / "u", root / block.flow_dir / sl.clip / "v"
-        (nu, eu), (nv, ev) = _numbered(fu), _numbered(fv)
+        (nu, eu), (nv, ev) = folder_numbers(fu), folder_numbers(fv)
         m = min(len(nu), len(nv))
         v.flow_x, v.flow_y = _frames(fu, (nu[:m], eu)), _frames(fv, (nv[:m], ev))
     else:

@@ -23,6 +23,7 @@ The action of a segment is its (verb, noun) pair; the action classes are the pai
 from __future__ import annotations
 
 import ast
+import bisect
 import csv
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from ...errors import FparError
 from ...registry import ReaderSpec, register_reader
-from ..frames import FrameSeq, tar_members
+from ..frames import FrameSeq, folder_numbers, tar_numbers
 from ..manifest import Manifest, Problem, VideoRecord, Vocabulary
 from . import split_by_role
 
@@ -164,36 +165,19 @@ class _Video:
         """(pattern, sorted file numbers) of the ``frame_<n>.<ext>`` files in a folder or a tar; (None, [])."""
         d = folder / sub if sub else folder
         if d.is_dir():
-            names = os.listdir(d)
-            where = str(d / "frame_")
-        elif tar.is_file():
-            tar_members(tar)  # index it now: a broken tar is reported by the reader, not by a DataLoader worker
-            prefix = f"{sub}/" if sub else ""
-            names = [m[len(prefix) :] for m in tar_members(tar) if m.startswith(prefix)]
-            where = f"{tar}::{prefix}frame_"
-        else:
-            return None, []
-        nums, ext = [], ".jpg"
-        for name in names:
-            if name.startswith("frame_") and "/" not in name:
-                stem, dot, tail = name[6:].partition(".")
-                if stem.isdigit():
-                    nums.append(int(stem))
-                    ext = dot + tail
-        return where + "{:010d}" + ext, sorted(nums)
+            nums, ext = folder_numbers(d)
+            return str(d / "frame_{:010d}") + ext, nums
+        if tar.is_file():  # indexed now: a broken tar is reported by the reader, not by a DataLoader worker
+            nums, ext = tar_numbers(str(tar), sub)
+            return f"{tar}::{sub + '/' if sub else ''}frame_{{:010d}}{ext}", nums
+        return None, []
 
     def frames(self, pattern: str, numbers: list[int], first: int, last: int):
         """Files ``first..last`` (inclusive): a lazy range when none is missing, else the ones present."""
-        lo, hi = _bisect(numbers, first), _bisect(numbers, last + 1)
+        lo, hi = bisect.bisect_left(numbers, first), bisect.bisect_left(numbers, last + 1)
         if hi - lo == last - first + 1:
             return FrameSeq(pattern, first, last)
         return [pattern.format(k) for k in numbers[lo:hi]]
-
-
-def _bisect(a: list[int], x: int) -> int:
-    import bisect
-
-    return bisect.bisect_left(a, x)
 
 
 def read_rows(path: Path, columns: tuple[str, ...], problems: list[Problem], root: Path) -> list[tuple[int, dict]]:

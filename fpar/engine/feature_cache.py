@@ -104,6 +104,22 @@ class FeatureCache:
         per_clip = int(np.prod(clip_shape)) * np.dtype(self.dtype).itemsize
         return per_clip * (train_videos * min(DRAWS, epochs) + eval_videos)
 
+    def describe(self, model, train_ds, eval_videos: int, epochs: int, device: torch.device) -> str:
+        """The log line before training: where the cache is and the size it can reach. The shape of one clip's
+        entry comes from one frame through the prefix in eval mode (no BatchNorm statistics move)."""
+        frames = train_ds.cfg.frames
+        probe = train_ds[0]["rgb"][:1]
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            shape = (frames, *self.plan.prefix(model, probe.to(device)).shape[1:])
+        model.train(was)
+        size = self.expected_bytes(shape, len(train_ds), eval_videos, epochs) / 2**30
+        return (
+            f"feature cache {self.dir}: up to {size:.2f} GiB ({len(train_ds)} training videos x up to "
+            f"{min(DRAWS, epochs)} draws, {eval_videos} test videos; {shape} per clip)"
+        )
+
     def _path(self, video: int, draw: int) -> Path:
         return self.dir / f"v{video:06d}" / f"d{draw + 1:02d}.npy"
 
@@ -132,6 +148,8 @@ class FeatureCache:
         return torch.stack(out).to(device)  # (B, T, ...)
 
     def _write(self, path: Path, arr: np.ndarray) -> None:
+        # Atomic (a reader sees no half entry) but not fsynced like `fpar.utils.atomic_write_bytes`: an entry is
+        # recomputable, a damaged one is computed again, and thousands of fsyncs would cost what the cache saves.
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:

@@ -10,6 +10,7 @@ Run folder (``runs/<name>/`` or ``out``)::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -195,8 +196,8 @@ def predict_all(
     loss_sum = sum(losses)
     if distributed.current().enabled:  # each rank scored its share of the videos: put them together
         shares = distributed.gather((local, loss_sum))
-        keys = [k for k in ("logits", "labels", "index", "verb_logits", "noun_logits", "verb", "noun") if k in local]
-        local = {k: torch.cat([sh[k] for sh, _ in shares if k in sh]) for k in keys or shares[-1][0]}
+        keys = dict.fromkeys(k for sh, _ in shares for k in sh)  # a rank with no video has none
+        local = {k: torch.cat([sh[k] for sh, _ in shares if k in sh]) for k in keys}
         loss_sum = sum(ls for _, ls in shares)
     n = len(local.get("labels", []))
     if n == 0:
@@ -229,7 +230,9 @@ def _stop_workers(source) -> None:
             w.terminate()
 
 
+@functools.cache
 def _cpu_has_bf16() -> bool:
+    """Whether oneDNN computes in bf16 on this CPU (asked once: `amp_dtype` runs for every batch)."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check is not None and check())
 
@@ -605,15 +608,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     tb = SummaryWriter(str(run / "tb")) if main else None
     step = distributed.wrap(TrainStep(model, cfg, cache), device, find_unused=cfg.train.ddp_find_unused)
     if cache is not None:
-        probe = train_ds[0]["rgb"][:1]  # one frame: the prefix's output shape (eval mode: no BN statistics move)
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            shape = (cfg.data.frames, *cache.plan.prefix(model, probe.to(device)).shape[1:])
-        model.train(was)
-        size = cache.expected_bytes(shape, len(train_ds), len(select_ds), cfg.train.epochs) / 2**30
-        log(f"feature cache {cache.dir}: up to {size:.2f} GiB ({len(train_ds)} training videos x up to "
-            f"{min(40, cfg.train.epochs)} draws, {len(select_ds)} test videos; {shape} per clip)")  # fmt: skip
+        log(cache.describe(model, train_ds, len(select_ds), cfg.train.epochs, device))
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
         "config": to_dict(cfg),

@@ -99,40 +99,124 @@ def depthwise_stencil(x: Tensor, kernel: Tensor) -> Tensor:
     return out
 
 
-def image_gradient(f: Tensor, kernel_x: Tensor, kernel_y: Tensor) -> tuple[Tensor, Tensor]:
+def _difference(x: Tensor, dim: int) -> Tensor:
+    """x[k+1] - x[k] along `dim` ('valid': one shorter); bit for bit `depthwise_stencil` with the exact [-1, 1]."""
+    n = x.shape[dim] - 1
+    return x.narrow(dim, 1, n) - x.narrow(dim, 0, n)
+
+
+def image_gradient(
+    f: Tensor, kernel_x: Tensor | None = None, kernel_y: Tensor | None = None, *, border: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Gradient of an image stack: 3-tap `kernel_x`/`kernel_y` inside, one-sided differences of `f` on the border.
 
     Args:
         f: (N, C, H, W), with H, W >= 3.
-        kernel_x: (C, 1, 1, 3) depthwise kernel.
-        kernel_y: (C, 1, 3, 1) depthwise kernel.
+        kernel_x: (C, 1, 1, 3) depthwise kernel; None is the exact central difference [-0.5, 0, 0.5], computed as
+            0.5 * (f[j+1] - f[j-1]) (bit for bit the stencil's result: scaling by 0.5 is exact).
+        kernel_y: (C, 1, 3, 1) depthwise kernel, or None (the exact one).
+        border: factor of the one-sided border differences: 1 (the layer: F2[1] - F2[0]) or 0.5 (OpenCV's
+            ``centeredGradient``: 0.5 * (F2[1] - F2[0])).
 
     Returns:
         (fx, fy), each (N, C, H, W).
     """
-    inner_x = depthwise_stencil(f, kernel_x)  # (N, C, H, W-2): columns 1 .. W-2
-    fx = torch.cat([f[..., :, 1:2] - f[..., :, 0:1], inner_x, f[..., :, -1:] - f[..., :, -2:-1]], dim=3)  # (N, C, H, W)
-    inner_y = depthwise_stencil(f, kernel_y)  # (N, C, H-2, W): rows 1 .. H-2
-    fy = torch.cat([f[..., 1:2, :] - f[..., 0:1, :], inner_y, f[..., -1:, :] - f[..., -2:-1, :]], dim=2)  # (N, C, H, W)
+
+    def inner(dim: int, kernel: Tensor | None) -> Tensor:
+        if kernel is not None:
+            return depthwise_stencil(f, kernel)
+        n = f.shape[dim] - 2
+        return 0.5 * (f.narrow(dim, 2, n) - f.narrow(dim, 0, n))
+
+    def edge(t: Tensor) -> Tensor:
+        return t if border == 1.0 else border * t
+
+    # Inner x, fx, inner y, fy, in this order: the layer's backward accumulates into f in the order of these uses.
+    inner_x = inner(3, kernel_x)  # (N, C, H, W-2): columns 1 .. W-2
+    fx = torch.cat([edge(f[..., :, 1:2] - f[..., :, 0:1]), inner_x, edge(f[..., :, -1:] - f[..., :, -2:-1])], dim=3)
+    inner_y = inner(2, kernel_y)  # (N, C, H-2, W): rows 1 .. H-2
+    fy = torch.cat([edge(f[..., 1:2, :] - f[..., 0:1, :]), inner_y, edge(f[..., -1:, :] - f[..., -2:-1, :])], dim=2)
     return fx, fy
 
 
-def forward_gradient(u: Tensor, kernel_x: Tensor, kernel_y: Tensor) -> tuple[Tensor, Tensor]:
-    """Forward differences of `u` (N, C, H, W); the last column of ux and the last row of uy are 0 (Chambolle)."""
-    ux = F.pad(depthwise_stencil(u, kernel_x), (0, 1))  # (N, C, H, W)
-    uy = F.pad(depthwise_stencil(u, kernel_y), (0, 0, 0, 1))  # (N, C, H, W)
-    return ux, uy
+def forward_gradient(
+    u: Tensor, kernel_x: Tensor | None = None, kernel_y: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Forward differences of `u` (N, C, H, W); the last column of ux and the last row of uy are 0 (Chambolle).
+
+    A None kernel is the exact [-1, 1], computed as a plain difference (bit for bit the stencil's result)."""
+    # (The order of the operations is the layer's graph order, which its backward's rounding depends on.)
+    ux = F.pad(depthwise_stencil(u, kernel_x) if kernel_x is not None else _difference(u, 3), (0, 1))  # (N, C, H, W)
+    uy = F.pad(depthwise_stencil(u, kernel_y) if kernel_y is not None else _difference(u, 2), (0, 0, 0, 1))
+    return ux, uy  # (N, C, H, W) each
 
 
-def divergence(px: Tensor, py: Tensor, kernel_x: Tensor, kernel_y: Tensor) -> Tensor:
+def divergence(px: Tensor, py: Tensor, kernel_x: Tensor | None = None, kernel_y: Tensor | None = None) -> Tensor:
     """Discrete divergence of the dual field (px, py), each (N, C, H, W), adjoint to `forward_gradient`.
 
     Chambolle's definition: (div p)[j] = p[j] - p[j-1] inside, p[0] at j = 0 and -p[W-2] at j = W-1 (same along y).
     That is the 2-tap kernel applied to p with its last column dropped and one zero column added on each side.
+    OpenCV's ``divergence`` is the same operator (its p is 0 on the last column, where the forward gradient is 0).
     """
-    dx = depthwise_stencil(F.pad(px[..., :, :-1], (1, 1)), kernel_x)  # (N, C, H, W)
-    dy = depthwise_stencil(F.pad(py[..., :-1, :], (0, 0, 1, 1)), kernel_y)  # (N, C, H, W)
+    qx = F.pad(px[..., :, :-1], (1, 1))  # (N, C, H, W+1)
+    dx = depthwise_stencil(qx, kernel_x) if kernel_x is not None else _difference(qx, 3)  # (N, C, H, W)
+    qy = F.pad(py[..., :-1, :], (0, 0, 1, 1))  # (N, C, H+1, W)
+    dy = depthwise_stencil(qy, kernel_y) if kernel_y is not None else _difference(qy, 2)  # (N, C, H, W)
     return dx + dy
+
+
+def tvl1_iteration(
+    u: Tensor,
+    px: Tensor,
+    py: Tensor,
+    grad: Tensor,
+    rho_c: Tensor,
+    g: Tensor,
+    *,
+    lam_theta: float | Tensor,
+    theta: float | Tensor,
+    step: float | Tensor,
+    eps: float,
+    kernels: TVL1Kernels | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One iteration of the TV-L1 duality scheme, shared by `tvl1_flow` (the layer) and `fpar.video.tvl1` (the
+    pyramidal solver of ``--flow tvl1-torch``).
+
+    With M images of C channels (u1 and u2 travel as one stack: index 0 is x, 1 is y):
+
+        ρ = ρ_c + ∇I·u
+        v = u - clamp(ρ / g, -λθ, λθ) ∇I          (the three cases of the threshold step in one expression)
+        u = v + θ div(p)
+        p = (p + (τ/θ) ∇u) / (1 + (τ/θ) sqrt(|∇u|² + eps))
+
+    Args:
+        u, px, py: (2M, C, H, W) flow and the x / y components of its dual variable: rows 0 .. M-1 are u1 (p1),
+            rows M .. 2M-1 are u2 (p2); u1 and u2 share every stencil, so they travel as one stack.
+        grad: (2, M, C, H, W) image gradient (x, y) of the (warped) second image.
+        rho_c: (M, C, H, W) the constant part of the residual ρ.
+        g: (M, C, H, W) the divisor of the threshold step: |∇I|² (+ eps for the layer).
+        lam_theta, theta, step: λθ, θ and τ/θ.
+        eps: added under the square root of |∇u| (0 is OpenCV's hypot).
+        kernels: the difference stencils of C channels (the layer's learnable ones); None is the exact stencils.
+
+    Returns:
+        (u, px, py), each (2M, C, H, W).
+    """
+    two_m, c, h, w = u.shape
+    u_xy = u.view(2, two_m // 2, c, h, w)  # (2, M, C, H, W)
+    rho = rho_c + (grad * u_xy).sum(0)  # (M, C, H, W)
+    if isinstance(lam_theta, Tensor):  # the layer's learnable λ, θ
+        shrink = torch.minimum(torch.maximum(rho / g, -lam_theta), lam_theta)  # (M, C, H, W)
+    else:
+        shrink = (rho / g).clamp(-lam_theta, lam_theta)  # (M, C, H, W)
+    v = (u_xy - shrink * grad).view(two_m, c, h, w)  # (2M, C, H, W)
+    kx, ky = (kernels.div_x, kernels.div_y) if kernels is not None else (None, None)
+    u = v + theta * divergence(px, py, kx, ky)  # (2M, C, H, W)
+    kx, ky = (kernels.grad_x, kernels.grad_y) if kernels is not None else (None, None)
+    ux, uy = forward_gradient(u, kx, ky)  # (2M, C, H, W) each
+    norm = torch.sqrt(ux * ux + uy * uy + eps) if eps else torch.sqrt(ux * ux + uy * uy)
+    denom = 1.0 + step * norm  # (2M, C, H, W)
+    return u, (px + step * ux) / denom, (py + step * uy) / denom
 
 
 def tvl1_flow(
@@ -148,7 +232,8 @@ def tvl1_flow(
 ) -> tuple[Tensor, Tensor]:
     """Unrolled TV-L1 flow from `f1` to `f2`, every channel solved independently (no warping, no pyramid).
 
-    With ∇F2 the image gradient of F2, g = |∇F2|² + eps, ρ_c = F2 - F1 and u = p = 0, each iteration does
+    With ∇F2 the image gradient of F2, g = |∇F2|² + eps, ρ_c = F2 - F1 and u = p = 0, each iteration is
+    `tvl1_iteration`:
 
         ρ = ρ_c + ∇F2·u
         v = u - clamp(ρ / g, -λθ, λθ) ∇F2        (the three-case threshold: +λθ∇F2 / -λθ∇F2 / -ρ∇F2/g)
@@ -196,16 +281,9 @@ def tvl1_flow(
     px = f1.new_zeros(2 * n, c, h, w)  # (2N, C, H, W): x-component of p1 (first N) and p2 (last N)
     py = f1.new_zeros(2 * n, c, h, w)  # (2N, C, H, W): y-component
     for _ in range(n_iter):
-        u_xy = u.view(2, n, c, h, w)  # (2, N, C, H, W)
-        rho = rho_c + (grad_f2 * u_xy).sum(0)  # (N, C, H, W)
-        # clamp(ρ/g, ±λθ) is the three cases of the threshold step in one smooth-almost-everywhere expression.
-        shrink = torch.minimum(torch.maximum(rho / g, -lam_theta), lam_theta)  # (N, C, H, W)
-        v = (u_xy - shrink * grad_f2).view(2 * n, c, h, w)  # (2N, C, H, W)
-        u = v + theta * divergence(px, py, kernels.div_x, kernels.div_y)  # (2N, C, H, W)
-        ux, uy = forward_gradient(u, kernels.grad_x, kernels.grad_y)  # (2N, C, H, W) each
-        denom = 1.0 + step * torch.sqrt(ux * ux + uy * uy + eps)
-        px = (px + step * ux) / denom
-        py = (py + step * uy) / denom
+        u, px, py = tvl1_iteration(
+            u, px, py, grad_f2, rho_c, g, lam_theta=lam_theta, theta=theta, step=step, eps=eps, kernels=kernels
+        )
     u1, u2 = u.view(2, n, c, h, w).unbind(0)  # (N, C, H, W) each
     return u1, u2
 

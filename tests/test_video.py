@@ -415,3 +415,62 @@ def test_prepare_input_errors(tmp_path):
     (dup / "1.avi").write_bytes(b"")
     with pytest.raises(FparError, match="both become instance S1/take/1"):
         discover(tmp_path / "dup")
+
+
+# ------------------------------------------------------------------------------------------------ prepare at scale
+
+
+def test_prepare_tvl1_torch_batches_give_the_per_pair_flow(tmp_path):
+    """--flow tvl1-torch: flows computed 3 pairs at a time are the flows of each pair alone (as written, 8-bit),
+    and the summary times the camera step apart from the flow."""
+    frames, _ = synth_frames(5)
+    write_video(tmp_path / "videos" / "S1" / "take" / "1.mp4", frames)
+    out = tmp_path / "data"
+    summary = prepare(
+        tmp_path / "videos", out, short_side=None, flow_method="tvl1-torch", flow_batch=3, flow_device="cpu",
+        progress=False,
+    )  # fmt: skip
+    assert summary["processed"] == ["S1/take/1"] and summary["failed"] == []
+    assert summary["flow_s"] > 0 and summary["camera_s"] > 0
+    decoded = read_video(tmp_path / "videos" / "S1" / "take" / "1.mp4")
+    greys = [to_grey(f) for f in decoded]
+    for k in range(1, len(greys)):
+        want = warp_flow(greys[k - 1], greys[k], "tvl1-torch")
+        got = cv2.imread(str(out / f"flow_x_processed/S1/take/1/flow_x_{k:05d}.png"), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(got, encode_flow(want[..., 0]))
+    # The batch size is not part of what was prepared: changing it redoes nothing.
+    again = prepare(tmp_path / "videos", out, short_side=None, flow_method="tvl1-torch", flow_batch=1, progress=False)
+    assert again["skipped"] == ["S1/take/1"] and again["processed"] == []
+
+
+def test_prepare_progress_counts_frames_over_workers(tmp_path, capsys):
+    frames, _ = synth_frames(6)
+    write_video(tmp_path / "videos" / "S1" / "take" / "1.mp4", frames)
+    write_video(tmp_path / "videos" / "S1" / "take" / "2.mp4", frames[:4])
+    summary = prepare(tmp_path / "videos", tmp_path / "data", short_side=48, flow_method="dis", workers=2)
+    assert summary["frames"] == 10
+    err = capsys.readouterr().err
+    assert "10/10" in err and "frame/s" in err and "videos 2/2" in err, err[-400:]
+
+
+def _numbered_folder(folder: Path, numbers: list[int]) -> None:
+    folder.mkdir(parents=True)
+    frames, _ = synth_frames(len(numbers))
+    for k, f in zip(numbers, frames):
+        cv2.imwrite(str(folder / f"frame_{k:010d}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+
+
+def test_prepare_warns_about_strided_folders_not_gappy_ones(tmp_path, caplog):
+    from fpar.data.frames import file_stride
+
+    assert file_stride([f"frame_{k:010d}.jpg" for k in range(1, 60, 6)]) == 6
+    assert file_stride(["rgb0001.png", "rgb0002.png", "rgb0004.png", "rgb0005.png", "rgb0006.png"]) is None
+    assert file_stride(["a.png", "b.png"]) is None
+    _numbered_folder(tmp_path / "videos" / "P01" / "cut" / "every6", list(range(1, 31, 6)))  # every 6th frame
+    _numbered_folder(tmp_path / "videos" / "P01" / "cut" / "gappy", [1, 2, 3, 5, 6, 7, 8, 9, 11, 12])  # lost frames
+    with caplog.at_level("WARNING", logger="fpar.video.prepare"):
+        summary = prepare(tmp_path / "videos", tmp_path / "data", short_side=48, flow_method="dis", progress=False)
+    assert summary["failed"] == []
+    warned = [r.getMessage() for r in caplog.records if "steps of" in r.getMessage()]
+    assert len(warned) == 1 and "every6 looks strided" in warned[0] and "steps of 6" in warned[0], warned
+    assert summary["notes"] == [warned[0].removeprefix("prepare: ")]

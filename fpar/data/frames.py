@@ -219,6 +219,30 @@ def tar_numbers(tar: str, folder: str = "", prefix: str = "frame_") -> tuple[lis
     return numbered((m[len(want) :] for m in tar_members(tar) if m.startswith(want)), prefix)
 
 
+def file_stride(names: Iterable[str]) -> int | None:
+    """The step of a strided frame sequence, or None for a consecutive one (gaps included).
+
+    The number of a name is the last run of digits of its stem (``rgb0007.png`` -> 7, ``frame_0000000013.jpg`` ->
+    13). A folder is strided when at least 90% of the steps between consecutive numbers are one constant k > 1
+    (EPIC-KITCHENS-style folders holding every k-th frame); isolated larger steps where frames are missing leave the
+    common step at 1, which is not strided. Fewer than 3 numbered names: None.
+    """
+    import re
+    from collections import Counter
+
+    nums = []
+    for name in names:
+        m = re.search(r"(\d+)\D*$", Path(name).stem)
+        if m:
+            nums.append(int(m.group(1)))
+    nums = sorted(set(nums))
+    if len(nums) < 3:
+        return None
+    steps = Counter(b - a for a, b in zip(nums, nums[1:]))
+    step, count = steps.most_common(1)[0]
+    return step if step > 1 and count >= 0.9 * (len(nums) - 1) else None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Video clips
 

@@ -21,15 +21,27 @@ small, where flow estimators are most accurate, and costs the same single dense-
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import cv2
 import numpy as np
 
 from fpar.errors import FparError
 
-__all__ = ["FLOW_METHODS", "to_grey", "compute_flow", "estimate_camera_homography", "warp_flow", "motion_map"]
+__all__ = [
+    "FLOW_METHODS",
+    "to_grey",
+    "compute_flow",
+    "compute_flows",
+    "estimate_camera_homography",
+    "compensate_camera",
+    "warp_flow",
+    "warp_flows",
+    "motion_map",
+]
 
-FLOW_METHODS = ("tvl1", "farneback", "dis")
+# tvl1-torch: the same TV-L1 in PyTorch (fpar.video.tvl1), batched, on CUDA when present
+FLOW_METHODS = ("tvl1", "tvl1-torch", "farneback", "dis")
 
 _local = threading.local()  # OpenCV flow objects are stateful and not thread-safe: one per thread (and process)
 
@@ -68,18 +80,63 @@ def _flow_object(method: str):
     return obj
 
 
+_TVL1_SETTINGS: dict[str, Any] = {"device": None, "batch": 8}  # see configure_tvl1
+
+
+def configure_tvl1(*, device: str | None = None, batch: int | None = None) -> None:
+    """Where and how many pairs at a time ``"tvl1-torch"`` solves from now on (this process): ``device`` ``"cuda"``,
+    ``"cpu"``, ... (None: CUDA when present), ``batch`` pairs per solve (8 by default). The flow does not depend on
+    either (tests/test_tvl1.py: batched = one at a time)."""
+    if device is not None:
+        _TVL1_SETTINGS["device"] = device
+    if batch is not None:
+        _TVL1_SETTINGS["batch"] = int(batch)
+
+
+def _batcher():
+    """This thread's tvl1-torch solver (`fpar.video.tvl1.TVL1Batcher`) with the `configure_tvl1` settings."""
+    from fpar.video.tvl1 import TVL1Batcher, flow_device
+
+    b = _local.__dict__.get("tvl1_torch")
+    want = (flow_device(_TVL1_SETTINGS["device"]), _TVL1_SETTINGS["batch"])
+    if b is None or (b.device, b.batch) != want:
+        b = _local.tvl1_torch = TVL1Batcher(device=_TVL1_SETTINGS["device"], batch=_TVL1_SETTINGS["batch"])
+    return b
+
+
+def check_method(method: str) -> None:
+    """A one-line `FparError` for an unknown flow method."""
+    if method not in FLOW_METHODS:
+        raise FparError(f"unknown flow method {method!r}; choose one of {', '.join(FLOW_METHODS)}")
+
+
 def compute_flow(prev_grey: np.ndarray, next_grey: np.ndarray, method: str = "tvl1") -> np.ndarray:
     """Dense optical flow from ``prev_grey`` to ``next_grey`` as ``(H, W, 2)`` float32 pixels (x, y).
 
-    Methods: ``"tvl1"`` (Dual TV-L1, the reference quality used by two-stream papers, ~0.4 s per 320x240 pair on one
-    core), ``"dis"`` (DIS, medium preset, tens of times faster) and ``"farneback"``. Inputs are grey uint8 ``(H, W)``
-    (RGB is converted) of equal size.
+    Methods: ``"tvl1"`` (OpenCV's Dual TV-L1, the reference quality used by two-stream papers, ~0.4 s per 320x240
+    pair on two cores), ``"tvl1-torch"`` (the same algorithm in PyTorch, :mod:`fpar.video.tvl1`: batched, on CUDA
+    when present; see `compute_flows` for many pairs at once), ``"dis"`` (DIS, medium preset, tens of times faster)
+    and ``"farneback"``. Inputs are grey uint8 ``(H, W)`` (RGB is converted) of equal size.
     """
-    if method not in FLOW_METHODS:
-        raise FparError(f"unknown flow method {method!r}; choose one of {', '.join(FLOW_METHODS)}")
-    prev_grey, next_grey = to_grey(prev_grey), to_grey(next_grey)
-    if prev_grey.shape != next_grey.shape:
-        raise ValueError(f"frames differ in size: {prev_grey.shape} vs {next_grey.shape}")
+    return compute_flows([(prev_grey, next_grey)], method)[0]
+
+
+def compute_flows(pairs: list[tuple[np.ndarray, np.ndarray]], method: str = "tvl1") -> list[np.ndarray]:
+    """`compute_flow` of every ``(prev, next)`` pair; ``"tvl1-torch"`` solves them in batches, the OpenCV methods
+    one after the other."""
+    check_method(method)
+    greys = []
+    for prev_grey, next_grey in pairs:
+        prev_grey, next_grey = to_grey(prev_grey), to_grey(next_grey)
+        if prev_grey.shape != next_grey.shape:
+            raise ValueError(f"frames differ in size: {prev_grey.shape} vs {next_grey.shape}")
+        greys.append((prev_grey, next_grey))
+    if method == "tvl1-torch":
+        return _batcher()(greys)
+    return [_opencv_flow(a, b, method) for a, b in greys]
+
+
+def _opencv_flow(prev_grey: np.ndarray, next_grey: np.ndarray, method: str) -> np.ndarray:
     if method == "farneback":
         flow = cv2.calcOpticalFlowFarneback(
             prev_grey,
@@ -151,6 +208,26 @@ def estimate_camera_homography(
     return _homography_from_points(p0.reshape(-1, 2)[good], p1.reshape(-1, 2)[good], (h, w), ransac_px)
 
 
+def compensate_camera(
+    prev_grey: np.ndarray, next_grey: np.ndarray, *, homography: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The camera-motion step of the warp flow: ``next_grey`` warped back onto ``prev_grey`` with the dominant
+    homography (estimated with :func:`estimate_camera_homography` unless ``homography`` is given), and the mask
+    ``(H, W)`` bool of the pixels whose warped source lies inside ``next_grey`` (None: no camera motion, the frame
+    is returned as it is)."""
+    h, w = prev_grey.shape
+    H = estimate_camera_homography(prev_grey, next_grey) if homography is None else np.asarray(homography, np.float64)
+    if np.allclose(H, np.eye(3), atol=1e-9):
+        return next_grey, None
+    # WARP_INVERSE_MAP: warped(x) = next(H x). Border replication keeps the flow estimator from seeing a hard edge;
+    # those pixels are zeroed afterwards anyway.
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpPerspective(next_grey, H, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    valid = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (w, h), flags=flags, borderValue=0)
+    valid = cv2.erode(valid, np.ones((3, 3), np.uint8)) > 0  # (H, W); drop the interpolated rim as well
+    return warped, valid
+
+
 def warp_flow(
     prev_grey: np.ndarray,
     next_grey: np.ndarray,
@@ -160,25 +237,46 @@ def warp_flow(
 ) -> np.ndarray:
     """Optical flow from ``prev_grey`` to ``next_grey`` with the camera motion removed, ``(H, W, 2)`` float32.
 
-    ``next_grey`` is warped back onto ``prev_grey`` with the dominant homography (estimated with
-    :func:`estimate_camera_homography` unless ``homography`` is given) and the flow is computed against the warped
-    frame, so the static background gives ~0 and independently moving things keep their motion relative to it.
-    Pixels whose warped source lies outside ``next_grey`` get zero flow. See the module docstring.
+    ``next_grey`` is warped back onto ``prev_grey`` with the dominant homography (:func:`compensate_camera`) and the
+    flow is computed against the warped frame, so the static background gives ~0 and independently moving things
+    keep their motion relative to it. Pixels whose warped source lies outside ``next_grey`` get zero flow. See the
+    module docstring.
     """
-    prev_grey, next_grey = to_grey(prev_grey), to_grey(next_grey)
-    h, w = prev_grey.shape
-    H = estimate_camera_homography(prev_grey, next_grey) if homography is None else np.asarray(homography, np.float64)
-    if np.allclose(H, np.eye(3), atol=1e-9):
-        return compute_flow(prev_grey, next_grey, method)
-    # WARP_INVERSE_MAP: warped(x) = next(H x). Border replication keeps the flow estimator from seeing a hard edge;
-    # those pixels are zeroed afterwards anyway.
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpPerspective(next_grey, H, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    flow = compute_flow(prev_grey, warped, method)  # (H, W, 2)
-    valid = cv2.warpPerspective(np.full((h, w), 255, np.uint8), H, (w, h), flags=flags, borderValue=0)
-    valid = cv2.erode(valid, np.ones((3, 3), np.uint8)) > 0  # (H, W); drop the interpolated rim as well
-    flow[~valid] = 0.0
-    return flow
+    hs = None if homography is None else [homography]
+    return warp_flows([(prev_grey, next_grey)], method, homographies=hs)[0]
+
+
+def warp_flows(
+    pairs: list[tuple[np.ndarray, np.ndarray]],
+    method: str = "tvl1",
+    *,
+    homographies: list[np.ndarray] | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[np.ndarray]:
+    """`warp_flow` of every ``(prev, next)`` pair: the camera step pair by pair (OpenCV), then the flows of all the
+    pairs at once (`compute_flows`: batched for ``"tvl1-torch"``). ``timings``, if given, gets ``"camera_s"`` and
+    ``"flow_s"`` added: the seconds of each step."""
+    import time
+
+    check_method(method)
+    t0 = time.perf_counter()
+    staged = []
+    for k, (prev_grey, next_grey) in enumerate(pairs):
+        prev_grey, next_grey = to_grey(prev_grey), to_grey(next_grey)
+        if prev_grey.shape != next_grey.shape:
+            raise ValueError(f"frames differ in size: {prev_grey.shape} vs {next_grey.shape}")
+        H = None if homographies is None else homographies[k]
+        warped, valid = compensate_camera(prev_grey, next_grey, homography=H)
+        staged.append((prev_grey, warped, valid))
+    t1 = time.perf_counter()
+    flows = compute_flows([(a, b) for a, b, _ in staged], method)  # (H, W, 2) each
+    for flow, (_, _, valid) in zip(flows, staged):
+        if valid is not None:
+            flow[~valid] = 0.0
+    if timings is not None:
+        timings["camera_s"] = timings.get("camera_s", 0.0) + (t1 - t0)
+        timings["flow_s"] = timings.get("flow_s", 0.0) + (time.perf_counter() - t1)
+    return flows
 
 
 def motion_map(

@@ -355,18 +355,54 @@ def _replace_dir(src: Path, dest: Path, trash: Path) -> None:
     os.replace(src, dest)
 
 
-def _frames_and_flows(job: Job, settings: dict[str, Any]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """``(n, frame n (1-based, RGB), warp flow n-1 -> n (H, W, 2), or None for the first frame)`` of a job's video;
-    fewer than 2 frames is an error (no flow can be made)."""
-    from fpar.video.flow import to_grey, warp_flow
+# Settings that change how fast a video is prepared, not what is written: kept out of the manifest's record, so
+# changing them does not prepare anything again (tvl1-torch gives the same flow whatever the batch).
+RUNTIME_SETTINGS = ("flow_batch", "flow_device")
 
+_on_frame: Any = None  # called with 1 per frame written: the progress counter (a worker's shared Value or the bar)
+
+
+def _frame_done() -> None:
+    if _on_frame is not None:
+        _on_frame(1)
+
+
+def _frames_and_flows(
+    job: Job, settings: dict[str, Any], stats: dict[str, float]
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``(n, frame n (1-based, RGB), warp flow n-1 -> n (H, W, 2), or None for the first frame)`` of a job's video;
+    fewer than 2 frames is an error (no flow can be made).
+
+    Frames are decoded ``flow_batch`` at a time and their flows computed together (`fpar.video.flow.warp_flows`:
+    one batch of tvl1-torch, pair by pair for the OpenCV methods); ``stats`` gets the seconds of the camera step
+    (``camera_s``) and of the flow (``flow_s``) added."""
+    from fpar.video.flow import configure_tvl1, to_grey, warp_flows
+
+    batch = max(1, int(settings.get("flow_batch") or 1))
+    configure_tvl1(device=settings.get("flow_device"), batch=batch)
     n = 0
-    prev = None
+    prev = None  # grey frame before the pending ones
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []  # (n, rgb, grey) decoded, flow not yet computed
+
+    def flush():
+        nonlocal prev
+        greys = ([prev] if prev is not None else []) + [g for _, _, g in pending]
+        flows = warp_flows(list(zip(greys, greys[1:])), settings["flow_method"], timings=stats)
+        if prev is None:
+            flows = [None, *flows]  # frame 1 has no incoming flow
+        for (k, rgb, _), flow in zip(pending, flows):
+            yield k, rgb, flow
+            _frame_done()
+        prev = pending[-1][2]
+        pending.clear()
+
     for rgb in _frames(job, settings["fps"], settings["short_side"]):
         n += 1
-        grey = to_grey(rgb)
-        yield n, rgb, (warp_flow(prev, grey, settings["flow_method"]) if prev is not None else None)
-        prev = grey
+        pending.append((n, rgb, to_grey(rgb)))
+        if len(pending) >= batch:
+            yield from flush()
+    if pending:
+        yield from flush()
     if n < 2:
         span = "" if job.start is None and job.end is None else f" between start={job.start} and end={job.end} s"
         raise FparError(
@@ -380,9 +416,10 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = Path(root)
     tmp = out / TMP_NAME / uuid.uuid4().hex
     write = _write_gtea61 if settings.get("layout", "gtea61") == "gtea61" else _write_native
+    stats: dict[str, float] = {"camera_s": 0.0, "flow_s": 0.0}
     try:
-        n = write(job, out, tmp, settings)
-        return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0}
+        n = write(job, out, tmp, settings, stats)
+        return {"key": job.key, "ok": True, "frames": n, "seconds": time.perf_counter() - t0, **stats}
     except Exception as e:  # reported per video; the run goes on
         msg = str(e) if isinstance(e, FparError) else f"{type(e).__name__}: {e}"
         return {"key": job.key, "ok": False, "error": msg, "traceback": traceback.format_exc()}
@@ -390,7 +427,7 @@ def _process(job: Job, root: str, settings: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_gtea61(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> int:
+def _write_gtea61(job: Job, out: Path, tmp: Path, settings: dict[str, Any], stats: dict[str, float]) -> int:
     """The course layout: PNG frames, flow_x/flow_y PNGs and motion maps; returns the frame count."""
     import cv2
 
@@ -403,7 +440,7 @@ def _write_gtea61(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> i
         d.mkdir(parents=True)
     n = 0
     last_map = None
-    for n, rgb, wf in _frames_and_flows(job, settings):
+    for n, rgb, wf in _frames_and_flows(job, settings, stats):
         _write_png(rgb_dir / f"rgb{n:04d}.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         if wf is not None:
             _write_png(fx_tmp / f"flow_x_{n - 1:05d}.png", encode_flow(wf[..., 0]))
@@ -430,7 +467,7 @@ def native_targets(layout: str, key: str) -> tuple[str | None, str]:
     return None, f"{key.split('/')[0]}/flow_frames/{key.split('/')[-1]}"
 
 
-def _write_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> int:
+def _write_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any], stats: dict[str, float]) -> int:
     """One EGTEA clip or EPIC video: frames as ``frame_%010d.jpg`` (EGTEA only: EPIC has its frames) and warp flow
     ``flow/{u,v}/frame_%010d.png`` (fpar's encoding, flow k from frame k to k+1, PNG so nothing is lost)."""
     import cv2
@@ -442,7 +479,7 @@ def _write_native(job: Job, out: Path, tmp: Path, settings: dict[str, Any]) -> i
     for d in (rgb_tmp, flow_tmp / "u", flow_tmp / "v"):
         d.mkdir(parents=True)
     n = 0
-    for n, rgb, wf in _frames_and_flows(job, settings):
+    for n, rgb, wf in _frames_and_flows(job, settings, stats):
         if frames_rel is not None:
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
             (rgb_tmp / f"frame_{n:010d}.jpg").write_bytes(buf.tobytes())
@@ -514,11 +551,66 @@ def discover_native(layout: str, root: str | os.PathLike) -> tuple[list[Job], li
     return jobs, notes
 
 
-def _worker_init() -> None:
-    # One process per core: OpenCV's own thread pool would oversubscribe the CPUs.
+def _worker_init(counter=None, torch_threads: int | None = None) -> None:
+    """A pool worker: one thread for OpenCV (one process per core: its own pool would oversubscribe the CPUs), as
+    many for PyTorch as given (tvl1-torch on the CPU), and frames counted into the shared ``counter``."""
+    global _on_frame
     import cv2
 
     cv2.setNumThreads(1)
+    if torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    if counter is not None:
+
+        def add(k: int) -> None:
+            with counter.get_lock():
+                counter.value += k
+
+        _on_frame = add
+
+
+def _estimate_frames(job: Job, fps: float | None) -> int | None:
+    """How many frames a job will give (for the progress bar's ETA), or None when that is not cheap to know."""
+    try:
+        if job.source.endswith(".tar"):
+            from fpar.data.frames import tar_numbers
+
+            return len(tar_numbers(job.source)[0])
+        if Path(job.source).is_dir():
+            return len(list_frame_files(job.source))
+        from fpar.data.frames import probe_video
+
+        frames, native = probe_video(job.source)
+        rate = fps or native
+        if job.start is not None or job.end is not None:
+            start = job.start or 0.0
+            end = job.end if job.end is not None else frames / native
+            return max(0, int(round((end - start) * rate)))
+        return int(round(frames * rate / native)) if fps else frames
+    except Exception:  # noqa: BLE001 - an estimate only: the bar goes without a total
+        return None
+
+
+def _stride_note(job: Job) -> str | None:
+    """A warning for a frame folder (or tar) whose file numbers go up in a constant step > 1 (`file_stride`)."""
+    from fpar.data.frames import file_stride, tar_members
+
+    if not job.is_frames:
+        return None
+    try:
+        names = list(tar_members(job.source)) if job.source.endswith(".tar") else os.listdir(job.source)
+    except (OSError, FparError):
+        return None
+    step = file_stride(names)
+    if step is None:
+        return None
+    return (
+        f"{job.source} looks strided: the frame numbers go up in steps of {step} (every {step}th frame); the flow "
+        f"between consecutive files spans {step} frames of motion, not one; prepare the full-rate frames or the video "
+        f"if the models should see the flow of consecutive frames"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -536,6 +628,8 @@ def prepare(
     frames_dir: str = GTEA61Config.frames_dir,
     progress: bool = True,
     layout: str = "gtea61",
+    flow_batch: int | None = None,
+    flow_device: str | None = None,
 ) -> dict[str, Any]:
     """Decode videos, resize frames, compute warp flows and motion maps, and write the course layout under ``out``.
 
@@ -547,20 +641,25 @@ def prepare(
             start/end in seconds; instances are numbered 1, 2, ... per subject/class in CSV order.
         fps: resample videos to this frame rate (None keeps the native rate).
         short_side: resize frames so the shorter side is this many pixels (None keeps the size).
-        flow_method: ``"tvl1"`` (reference quality, slow), ``"dis"`` (fast) or ``"farneback"``.
+        flow_method: ``"tvl1"`` (OpenCV's TV-L1: reference quality, slow), ``"tvl1-torch"`` (the same algorithm in
+            PyTorch, batched, on CUDA when present: :mod:`fpar.video.tvl1`), ``"dis"`` (fast) or ``"farneback"``.
         workers: number of processes (spawn start method; a calling script needs the usual
             ``if __name__ == "__main__":`` guard); 1 runs in this process.
         frames_dir: name of the folder holding ``rgb/`` and ``mmaps/``.
-        progress: show a tqdm progress bar (on stderr).
+        progress: show a tqdm progress bar (on stderr): frames, frames/s and the ETA over all workers.
         layout: ``gtea61`` (the course layout above, from videos in subject/class folders or a CSV), or a native
             dataset ``videos`` is the root of: ``egtea`` (frames and flow of every clip of the split files, under
             ``out/frames/<clip>/`` and ``out/flow/<clip>/{u,v}/``; the annotations are copied, so ``out`` is an EGTEA
             root) or ``epic100`` (flow for the videos that have RGB frames only, under
             ``out/<participant>/flow_frames/<video>/{u,v}/``: point ``data.epic100.flow_root`` at ``out``).
+        flow_batch: frame pairs whose flows are computed together (tvl1-torch: one batch; default 8, or 32 on CUDA).
+        flow_device: where tvl1-torch runs (``"cuda"``, ``"cpu"``; default CUDA when present).
 
     Returns:
         ``{"root", "videos", "processed": [keys], "skipped": [keys], "failed": [{"key", "source", "error"}],
-        "frames", "seconds", "flow_method", "manifest"}``, where ``frames`` counts the frames written by this call.
+        "frames", "seconds", "flow_method", "camera_s", "flow_s", "manifest", "notes"}``, where ``frames`` counts the
+        frames written by this call and ``camera_s`` / ``flow_s`` are the seconds of the camera-motion step and of the
+        flow itself, summed over videos (over workers).
 
     Raises:
         FparError: bad inputs (missing folder / CSV, bad CSV, bad names, unknown flow method) or another prepare
@@ -576,6 +675,19 @@ def prepare(
         raise FparError(f"fps={fps} must be positive (or None to keep the native frame rate)")
     if int(workers) < 1:
         raise FparError(f"workers={workers} must be >= 1")
+    if flow_batch is not None and int(flow_batch) < 1:
+        raise FparError(f"flow_batch={flow_batch} must be >= 1")
+    if flow_method == "tvl1-torch":
+        from fpar.video.tvl1 import flow_device as _device
+
+        try:
+            device = _device(flow_device)
+            import torch
+
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise FparError(f"--flow-device {flow_device}: {e}; use cpu, or cuda on a machine with a GPU") from e
+        flow_batch = flow_batch or (32 if device.type == "cuda" else 8)
     frames_dir = _check_name(frames_dir, "frames_dir", "prepare()")
     if flow_method == "tvl1":
         from fpar.video.flow import _flow_object
@@ -611,6 +723,12 @@ def prepare(
     }
     if layout != "gtea61":
         settings["layout"] = layout
+    for job in jobs:
+        note = _stride_note(job)
+        if note:
+            log.warning("prepare: %s", note)
+            notes.append(note)
+    runtime = {"flow_batch": flow_batch, "flow_device": flow_device}
     t_start = time.perf_counter()
     summary: dict[str, Any] = {
         "root": str(root),
@@ -621,6 +739,8 @@ def prepare(
         "frames": 0,
         "seconds": 0.0,
         "flow_method": flow_method,
+        "camera_s": 0.0,
+        "flow_s": 0.0,
         "manifest": str(root / MANIFEST_NAME),
         "notes": notes,
     }
@@ -672,6 +792,8 @@ def prepare(
                 atomic_write_json(manifest_path, manifest)  # after every video: an interruption loses at most one
                 summary["processed"].append(job.key)
                 summary["frames"] += result["frames"]
+                summary["camera_s"] += result.get("camera_s", 0.0)
+                summary["flow_s"] += result.get("flow_s", 0.0)
             else:
                 log.error("failed to prepare %s (%s): %s", job.key, job.source, result["error"])
                 if result.get("traceback"):
@@ -680,16 +802,29 @@ def prepare(
 
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), initial=len(summary["skipped"]), unit="video", disable=not progress, desc="prepare")
+        estimates = [_estimate_frames(job, fps) for job, _ in todo]
+        total = sum(estimates) if all(e is not None for e in estimates) else None  # type: ignore[arg-type]
+        bar = tqdm(total=total, unit="frame", disable=not progress, desc="prepare", dynamic_ncols=True)
+        videos = {"done": len(summary["skipped"])}
+
+        def video_done() -> None:
+            videos["done"] += 1
+            bar.set_postfix_str(f"videos {videos['done']}/{len(jobs)}", refresh=False)
+
+        video_done()
+        videos["done"] -= 1
+        work = {**settings, **runtime}
+        global _on_frame
         try:
             if workers == 1 or len(todo) <= 1:
+                _on_frame = bar.update
                 for job, record in todo:
-                    bar.set_postfix_str(job.key, refresh=False)
-                    finish(job, record, _process(job, str(root), settings))
-                    bar.update(1)
+                    finish(job, record, _process(job, str(root), work))
+                    video_done()
             else:
-                _run_pool(todo, root, settings, int(workers), finish, bar)
+                _run_pool(todo, root, work, int(workers), finish, bar, video_done)
         finally:
+            _on_frame = None
             bar.close()
             shutil.rmtree(root / TMP_NAME, ignore_errors=True)
     order = {job.key: i for i, job in enumerate(jobs)}  # report in input order, not completion order
@@ -705,13 +840,29 @@ def prepare(
     return summary
 
 
-def _run_pool(todo, root: Path, settings, workers: int, finish, bar) -> None:
+def _run_pool(todo, root: Path, settings, workers: int, finish, bar, video_done) -> None:
+    """The jobs on a pool of spawned workers; the bar follows the frames the workers count into a shared Value."""
     ctx = mp.get_context("spawn")  # fork is unsafe with OpenCV / torch threads; spawn behaves the same everywhere
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init) as pool:
+    counter = ctx.Value("q", 0)
+    n = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // n) if settings["flow_method"] == "tvl1-torch" else None
+    shown = 0
+
+    def follow() -> None:
+        nonlocal shown
+        now = counter.value
+        if now > shown:
+            bar.update(now - shown)
+            shown = now
+
+    with ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_worker_init, initargs=(counter, threads)
+    ) as pool:
         pending = {pool.submit(_process, job, str(root), settings): (job, record) for job, record in todo}
         try:
             while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                follow()
                 for fut in finished:
                     job, record = pending.pop(fut)
                     try:
@@ -725,7 +876,8 @@ def _run_pool(todo, root: Path, settings, workers: int, finish, bar) -> None:
                     except Exception as e:  # e.g. an unpicklable result: keep going
                         result = {"key": job.key, "ok": False, "error": f"{type(e).__name__}: {e}"}
                     finish(job, record, result)
-                    bar.update(1)
+                    video_done()
+            follow()
         except BaseException:
             for fut in pending:
                 fut.cancel()

@@ -575,7 +575,9 @@ def test_report_of_folds_by_key_and_extra_metrics(tmp_path):
     assert row.fold_means == pytest.approx({"5": 45.0, "7": 61.0, "9": 73.0})
     md = r["markdown"]
     header = next(line for line in md.splitlines() if line.startswith("| row"))
-    assert header == "| row | n | best top-1 (mean ± std) | verb top-1 | frames 5 | frames 7 | frames 9 |"
+    assert header == (
+        "| row | n | best top-1 (mean ± std, selected on test) | verb top-1 | frames 5 | frames 7 | frames 9 |"
+    )
     assert f"| **main** | **2** | **{m:.2f} ± {sd:.2f}** | **33.50 ± 0.71** | **45.00** | **61.00** | **73.00** |" in md
     assert "3 folds over data.frames = 5, 7, 9 (mean over folds)" in md
     csv_rows = list(__import__("csv").DictReader((tmp_path / "rep" / "table.csv").open()))
@@ -595,7 +597,7 @@ def test_report_without_extra_metrics_keeps_its_columns(tmp_path):
     for seed in (0, 1):
         _fake_run(runs / f"a{seed}", [f"seed={seed}", "name=a"], {"best_top1": 50.0 + seed, "seed": seed})
     r = make_report([runs], tmp_path / "rep")
-    assert "| row | n | best top-1 (mean ± std) |" in r["markdown"]
+    assert "| row | n | best top-1 (mean ± std, selected on test) |" in r["markdown"]
     assert "verb" not in (tmp_path / "rep" / "table.csv").read_text()
 
 

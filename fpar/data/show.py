@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from ..config import DataConfig
+from ..drawing import stamp, wrapped_band
 from ..errors import FparError
 from .imageio import read_grey, read_mmap, read_rgb
 from .layout import Manifest
@@ -38,13 +39,6 @@ def find_video(manifest: Manifest, video: str) -> int:
     )
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    out = img.copy()
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 2, cv2.LINE_AA)
-    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return out
-
-
 def show_video(
     manifest: Manifest,
     index: int,
@@ -56,7 +50,9 @@ def show_video(
     train: bool = False,
     seed: int = 0,
 ) -> Path:
-    """Write a PNG: one row per sampled frame, columns rgb | flow x | flow y | motion map (Figure 6).
+    """Write a PNG: one row per sampled frame, columns rgb | flow x | flow y | motion map (Figure 6), each tile
+    labelled in its corner and the sheet headed by the video; labels are scaled down and wrapped to fit
+    (`fpar.drawing.fit_text`), so none is cut on small frames.
 
     Raises FparError for ``frames`` < 1.
 
@@ -94,25 +90,15 @@ def show_video(
 
     rows = []
     for r in range(len(idx)):
-        row = [_label(rgb[r], f"rgb {idx[r] + 1}")]
+        row = [stamp(rgb[r], f"rgb {idx[r] + 1}")]
         if fx is not None:
-            row += [_label(tile(fx[r], True), "flow x"), _label(tile(fy[r], True), "flow y")]
+            row += [stamp(tile(fx[r], True), "flow x"), stamp(tile(fy[r], True), "flow y")]
         if mm is not None:
-            row.append(_label(tile(mm[r], True), "mmap"))
+            row.append(stamp(tile(mm[r], True), "mmap"))
         rows.append(np.concatenate(row, 1))
         cols = len(row)
     sheet = np.concatenate(rows, 0)
-    title = np.full((24, sheet.shape[1], 3), 255, np.uint8)
-    cv2.putText(
-        title,
-        f"{v.key}  ({v.num_frames} frames, {m} flows, {cols} modalities)",
-        (6, 17),
-        cv2.FONT_HERSHEY_SIMPLEX,
-        0.5,
-        (0, 0, 0),
-        1,
-        cv2.LINE_AA,
-    )
+    title = wrapped_band(sheet.shape[1], f"{v.key}  ({v.num_frames} frames, {m} flows, {cols} modalities)", scale=0.5)
     sheet = np.concatenate([title, sheet], 0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

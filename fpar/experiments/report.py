@@ -8,15 +8,19 @@
                  unseen_action_top1 when some run has them), n seeds, the report's number beside ours; best row in
                  bold. Grids with ``folds:`` average each seed over its folds first and add a column per fold
                  (``test S1`` for leave-one-subject-out, ``split 1`` for ``folds: {key: data.split, ...}``)
-    table.csv    the same rows, one line each, with a ``best`` column
+    table.csv    the same rows, one line each, with ``best`` and ``select_on`` columns
     figures/     validation accuracy and loss per epoch (one line per point: the mean over its runs; Figures 8-9),
-                 per run: train/val accuracy and loss with the LR phases coloured and LR steps as grey lines
-                 (Figure 16), the MS loss per epoch (Figure 19, when the run has one), the best epoch's confusion
-                 matrix
+                 every run's headline accuracy per point (dots, mean ± std, the report's number), per run:
+                 train/val accuracy and loss with the LR phases coloured, LR steps as grey lines and the selected
+                 epoch starred (Figure 16), the MS loss per epoch (Figure 19, when the run has one), the best epoch's
+                 confusion matrix
     index.html   the tables and every figure, with relative links (no network)
 
 Every table states the test-set size and which split selected the epochs (``select_on``): with ``test`` (the
-report's protocol) the best epoch is chosen on the test subjects themselves, so the accuracies are optimistic.
+report's protocol) the best epoch is chosen on the test subjects themselves, so the accuracies are optimistic, and
+the headline column, the pivot note and every figure title and caption say "selected on test" (in a table that
+mixes protocols, the rows selected on test say it). Value axes of the figures survive an outlier run: see
+`fpar.experiments.figures.robust_range` (log axes for losses spanning decades; far-off values marked at the edge).
 """
 
 from __future__ import annotations
@@ -375,6 +379,25 @@ def _headline(row: Row, table: Table) -> tuple[float | None, float | None, int]:
     return row.stats.get(_headline_key(table), (None, None, 0))
 
 
+def selected_on(runs: list[RunData]) -> set[str]:
+    """The splits that selected the epochs of the finished ``runs`` (``select_on`` of their summaries)."""
+    return {r.summary.get("select_on") for r in runs if r.finished} - {None}
+
+
+TEST_MARK = "selected on test"  # what marks numbers whose epoch the test set itself chose (optimistic)
+
+
+def _row_mark(row: Row, table: Table) -> str:
+    """`` (selected on test)`` for a row of test-selected runs in a table whose other rows were selected otherwise
+    (a table selected on test throughout says it once, in its header and titles)."""
+    mixed = len(selected_on(table.runs)) > 1
+    return f" ({TEST_MARK})" if mixed and "test" in selected_on(row.runs) else ""
+
+
+def _all_on_test(table: Table) -> bool:
+    return selected_on(table.runs) == {"test"}
+
+
 def protocol(table: Table) -> str:
     """Test-set size, test subjects and which split selected the epochs, in one sentence."""
     runs = [r for r in table.runs if r.finished]
@@ -443,6 +466,7 @@ def table_rows(table: Table) -> list[dict[str, Any]]:
             d[k] = _fmt_value(r.values[k]) if k in r.values else ""
         d["n"] = r.n
         d["expected"] = r.expected // max(len(r.folds or [None]), 1)
+        d["select_on"] = "/".join(sorted(selected_on(r.runs)))
         for k, _ in table.metrics:
             m, s, _n = r.stats.get(k, (None, None, 0))
             d[f"{k}_mean"] = None if m is None else round(m, 4)
@@ -462,7 +486,8 @@ def markdown_table(table: Table) -> str:
     has_pub = any(r.published is not None for r in table.rows)
     head = _headline_key(table)
     cols = ["row", *table.columns.values(), "n"]
-    cols += [f"{t} (mean ± std)" if k == head else t for k, t in metrics]
+    on_test = f", {TEST_MARK}" if _all_on_test(table) else ""
+    cols += [f"{t} (mean ± std{on_test})" if k == head else t for k, t in metrics]
     if table.folds:
         cols += [fold_title(f, table.fold_key) for f in table.folds]
     if has_pub:
@@ -470,7 +495,10 @@ def markdown_table(table: Table) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table.rows:
         n_exp = r.expected // max(len(r.folds or [None]), 1)
-        cells = [r.label, *(_fmt_value(r.values[k]) if k in r.values else "" for k in table.columns)]
+        cells = [
+            r.label + _row_mark(r, table),
+            *(_fmt_value(r.values[k]) if k in r.values else "" for k in table.columns),
+        ]
         cells.append(str(r.n) if r.n == n_exp else f"{r.n}/{n_exp}")
         cells += [_fmt(*r.stats.get(k, (None, None, 0))[:2]) for k, _ in metrics]
         if table.folds:
@@ -524,6 +552,13 @@ def pivot_table(table: Table) -> str | None:
     return "\n".join(lines)
 
 
+def pivot_note(table: Table) -> str:
+    """What the cells of :func:`pivot_table` are."""
+    head = dict(table.metrics).get(_headline_key(table), "best top-1")
+    on_test = f", {TEST_MARK}" if _all_on_test(table) else ""
+    return f"mean {head} over seeds{on_test}; the report's number in brackets"
+
+
 def table_text(table: Table, *, heading: str = "##") -> str:
     parts = [f"{heading} {table.title}", ""]
     if table.description:
@@ -531,7 +566,7 @@ def table_text(table: Table, *, heading: str = "##") -> str:
     parts += [protocol(table), "", markdown_table(table)]
     pv = pivot_table(table)
     if pv:
-        parts += ["", "In the report's layout (mean best top-1 over seeds; the report's number in brackets):", "", pv]
+        parts += ["", f"In the report's layout ({pivot_note(table)}):", "", pv]
     missing = sum(r.expected - len(r.runs) for r in table.rows)
     if missing:
         parts += ["", f"{missing} run(s) of this table have not finished (n counts the finished seeds)."]
@@ -594,19 +629,45 @@ def make_report(
     sections = []
     for t in tables:
         figs: list[tuple[str, Path]] = []
-        series = {r.label: [run.history for run in r.runs] for r in t.rows if r.runs}
+        series = {r.label + _row_mark(r, t): [run.history for run in r.runs] for r in t.rows if r.runs}
         tag = _slug(t.name)
+        on_test = f" ({TEST_MARK})" if _all_on_test(t) else ""
         if any(h for hs in series.values() for h in hs):
             for key, what in (("val_top1", "validation accuracy (%)"), ("val_loss", "validation loss")):
-                p = figures.epoch_curves(series, key, fig_dir / f"{tag}_{key}.png", ylabel=what, title=t.title)
+                p = figures.epoch_curves(
+                    series, key, fig_dir / f"{tag}_{key}.png", ylabel=what, title=t.title + on_test
+                )
                 if p:
-                    figs.append((f"{what} per epoch", p))
+                    figs.append((f"{what} per epoch{on_test}", p))
+        head = _headline_key(t)
+        what = dict(t.metrics).get(head, head)
+        if len(t.runs) > 1:
+            points = [
+                (r.label + _row_mark(r, t), [(run.summary or {}).get(head) for run in r.runs], r.published)
+                for r in t.rows
+            ]
+            optimistic = f", epochs {TEST_MARK} (optimistic)" if on_test else ""
+            p = figures.point_summary(
+                points,
+                fig_dir / f"{tag}_points.png",
+                xlabel=f"{what} (%){optimistic}",
+                title=f"{t.title}{on_test}: {what}",
+            )
+            if p:
+                figs.append((f"{what} of every run, per point{on_test}", p))
         run_figs: list[tuple[str, Path]] = []
         for row in t.rows:
             for run in _figure_runs(row, all_runs):
                 name = f"{tag}_{_slug(run.name)}"
-                cap = f"{row.label}: {run.name}"
-                p = figures.run_curves(run.history, fig_dir / f"{name}_curves.png", title=cap)
+                sel = (run.summary or {}).get("select_on")
+                cap = f"{row.label}: {run.name}" + (f" ({TEST_MARK})" if sel == "test" else "")
+                p = figures.run_curves(
+                    run.history,
+                    fig_dir / f"{name}_curves.png",
+                    title=cap,
+                    select_on=sel,
+                    best_epoch=(run.summary or {}).get("best_epoch"),
+                )
                 if p:
                     run_figs.append((f"{cap}: accuracy and loss, LR phases", p))
                 p = figures.aux_loss_curves(run.history, fig_dir / f"{name}_ms_loss.png", title=cap)
@@ -670,7 +731,7 @@ def _write_html(path: Path, sections, title: str) -> Path:
         parts.append(_md_to_html_table(markdown_table(t)))
         pv = pivot_table(t)
         if pv:
-            parts.append("<p class=\"note\">In the report's layout (the report's number in brackets):</p>")
+            parts.append(f'<p class="note">In the report\'s layout ({html.escape(pivot_note(t))}):</p>')
             parts.append(_md_to_html_table(pv))
         for cap, p in [*figs, *run_figs]:
             rel = os.path.relpath(p, base).replace(os.sep, "/")

@@ -269,3 +269,40 @@ def test_unknown_pattern_is_an_error():
     m = copy.deepcopy(tiny_ego())
     with pytest.raises(FparError, match="not a valid regular expression"):
         apply_trainable(m, ["(["])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_folded_batchnorm_equals_unfolded(arch):
+    """BN folded into the convs (inference) gives the trunk's outputs and the model's logits and CAMs of the
+    unfolded model; the no-BN output of the last block keeps its raw conv."""
+    from fpar.models.backbone import fold_batchnorm
+
+    model = tiny_ego(backbone=arch).eval()
+    with torch.no_grad():  # BN statistics that are not the identity, so folding has something to do
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randn(2, 3, 3, S, S)
+    with torch.no_grad():
+        ref = model(x)
+        ref_feats = model.backbone(x[:, 0])
+    folded = copy.deepcopy(model)
+    blocks = sum(len(getattr(folded.backbone, f"layer{i}")) for i in range(1, 5))
+    per_block = 3 if arch == "resnet50" else 2
+    n = fold_batchnorm(folded)
+    assert n == 1 + blocks * per_block - 1 + 4 - (arch == "resnet18")  # stem + blocks - the last one's + downsamples
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 1
+    with torch.no_grad():
+        out = folded(x)
+        feats = folded.backbone(x[:, 0])
+    for k in ref_feats:  # float rounding only: relative to the map's scale (random BN statistics make it large)
+        torch.testing.assert_close(
+            feats[k], ref_feats[k], rtol=1e-4, atol=1e-5 * float(ref_feats[k].abs().max()), msg=k
+        )
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.attn, ref.attn, rtol=1e-4, atol=1e-6)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        fold_batchnorm(copy.deepcopy(model).train())

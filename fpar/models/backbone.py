@@ -171,6 +171,62 @@ class ResNetTrunk(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_features(x)
 
+    # ------------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def fold_batchnorm(self) -> int:
+        """Fold every BatchNorm into the convolution before it, for inference; returns how many were folded.
+
+        In eval mode BN is the affine map y = (x - mean) / sqrt(var + eps) * gamma + beta, so conv then BN is one
+        conv with weight w * s and bias beta - mean * s (s = gamma / sqrt(var + eps) per output channel): the same
+        function, one pass over memory less per BN (the outputs agree to float rounding, tests/test_models.py).
+        The last block's last BN stays: ``conv5_nobn`` is that conv's output before it. Folded BNs become
+        ``nn.Identity``, so the state dict no longer loads into an unfolded trunk: fold a copy made for inference,
+        never a model that is trained or saved.
+
+        Raises:
+            RuntimeError: a BN is in training mode (its batch statistics are not a fixed affine map).
+        """
+        if any(m.training for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            raise RuntimeError("fold_batchnorm needs every BatchNorm in eval mode: call model.eval() first")
+
+        def fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (O,)
+            conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            shift = bn.bias - bn.running_mean * scale  # (O,)
+            if conv.bias is None:
+                conv.bias = nn.Parameter(shift.clone(), requires_grad=conv.weight.requires_grad)
+            else:
+                conv.bias.copy_(conv.bias * scale + shift)
+
+        folded = 0
+        if isinstance(self.bn1, nn.modules.batchnorm._BatchNorm):
+            fold(self.conv1, self.bn1)
+            self.bn1 = nn.Identity()
+            folded += 1
+        blocks = [b for layer in (self.layer1, self.layer2, self.layer3, self.layer4) for b in layer]
+        for blk in blocks:
+            pairs = [("conv1", "bn1"), ("conv2", "bn2")] + ([("conv3", "bn3")] if self.bottleneck else [])
+            if blk is blocks[-1]:
+                pairs = pairs[:-1]  # its last conv's raw output is conv5_nobn
+            for conv_name, bn_name in pairs:
+                bn = getattr(blk, bn_name)
+                if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    fold(getattr(blk, conv_name), bn)
+                    setattr(blk, bn_name, nn.Identity())
+                    folded += 1
+            ds = blk.downsample
+            if ds is not None and len(ds) == 2 and isinstance(ds[1], nn.modules.batchnorm._BatchNorm):
+                fold(ds[0], ds[1])
+                ds[1] = nn.Identity()
+                folded += 1
+        return folded
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """`ResNetTrunk.fold_batchnorm` on every trunk inside ``model`` (eval mode); returns the BNs folded. For
+    inference copies only (see there)."""
+    return sum(m.fold_batchnorm() for m in model.modules() if isinstance(m, ResNetTrunk))
+
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:

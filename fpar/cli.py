@@ -104,6 +104,37 @@ def data_check(
         )
 
 
+@data_app.command("cache", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_cache(
+    root: str = typer.Argument(..., help="dataset root"),
+    overrides: list[str] | None = typer.Argument(None, help="data key=value, e.g. data.frames_dir=frames"),
+    out: str | None = typer.Option(None, "--out", help="cache folder (default: <root>/.fpar-frame-cache)"),
+    fmt: str | None = typer.Option(None, "--format", help="dataset format (data.format; default: detected)"),
+    split: int | None = typer.Option(None, "--split", help="EGTEA Gaze+ split 1, 2 or 3 (data.split)"),
+):
+    """Decode every RGB frame once into memory-mapped files; train with data.frame_cache=<the folder printed>."""
+    from tqdm import tqdm
+
+    from .config import load_config, set_value, validate
+    from .data.frame_cache import build_frame_cache
+    from .data.readers import read_dataset
+
+    cfg = load_config(None, overrides or [])
+    set_value(cfg, "data.root", root, "the command line")
+    if fmt is not None:
+        set_value(cfg, "data.format", fmt, "--format")
+    if split is not None:
+        set_value(cfg, "data.split", split, "--split")
+    validate(cfg)
+    manifest = read_dataset(cfg.data)
+    target = out or str(Path(root) / ".fpar-frame-cache")
+    s = build_frame_cache(manifest, target, progress=tqdm)
+    typer.echo(
+        f"frame cache {s['dir']}: {s['videos']} videos ({s['written']} written, {s['current']} already current), "
+        f"{s['frames']} frames, {s['bytes'] / 2**30:.2f} GiB; train with data.frame_cache={s['dir']}"
+    )
+
+
 @data_app.command("synth")
 def data_synth(
     out: str = typer.Argument(..., help="output folder"),

@@ -104,6 +104,9 @@ class DataConfig(_Blocks):
     # fpar/engine/feature_cache.py). "": no cache. float16 halves the size and is approximate.
     feature_cache: str = ""
     feature_cache_dtype: Literal["float32", "float16"] = "float32"
+    # A decoded-frame cache built by `fpar data cache ROOT --out DIR` (fpar/data/frame_cache.py): RGB frames read
+    # memory-mapped instead of decoded; the clips are the same. "": decode the frames.
+    frame_cache: str = ""
 
 
 @dataclass

@@ -52,6 +52,11 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.indices = [i for i in indices if self._has_modalities(manifest.videos[i])]
+        self.frame_cache = None  # data.frame_cache: decoded RGB frames, memory-mapped (fpar/data/frame_cache.py)
+        if cfg.frame_cache and "rgb" in self.modalities:
+            from .frame_cache import FrameCache
+
+            self.frame_cache = FrameCache(cfg.frame_cache)
         if not self.indices and indices:
             raise FparError(
                 f"none of the {len(indices)} selected videos under {manifest.root} has all of {', '.join(modalities)}; "
@@ -86,7 +91,10 @@ class ClipDataset(Dataset):
             item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
         if "rgb" in self.modalities:
-            item["rgb"] = transform_rgb(_read_all(read_rgb_many, [v.rgb[k] for k in frame_idx], batch=True), p, **kw)
+            frames = self.frame_cache.frames(v, frame_idx) if self.frame_cache is not None else None
+            if frames is None:
+                frames = _read_all(read_rgb_many, [v.rgb[k] for k in frame_idx], batch=True)
+            item["rgb"] = transform_rgb(frames, p, **kw)
         if "mmaps" in self.modalities:
             item["mmaps"] = transform_mmaps(_read_all(read_mmap, [v.mmaps[k] for k in frame_idx]), p, **kw)
         if "flow" in self.modalities:

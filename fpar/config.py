@@ -178,6 +178,9 @@ class TrainConfig:
     # Activation checkpointing of the per-frame trunk: keep its inputs and outputs, recompute the rest in backward
     # (memory for 25 frames; about a third more compute when the trunk trains). No effect on frozen trunks.
     checkpoint: bool = False
+    # Convolution weights (4-D) in channels_last memory format, so the convs run NHWC (oneDNN on CPU, cuDNN on GPU):
+    # about 1.5x a stage-2 step on CPU (benchmarks/bench_stage2.py). Same values up to float rounding.
+    channels_last: bool = True
 
 
 @dataclass

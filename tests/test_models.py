@@ -306,3 +306,29 @@ def test_folded_batchnorm_equals_unfolded(arch):
     torch.testing.assert_close(out.attn, ref.attn, rtol=1e-4, atol=1e-6)
     with pytest.raises(RuntimeError, match="eval mode"):
         fold_batchnorm(copy.deepcopy(model).train())
+
+
+def test_channels_last_step_equals_the_default_layout():
+    """train.channels_last: the conv weights change memory format, not values; one stage-2 step gives the same
+    loss and gradients (to float rounding), and 5-D weights (the representation-flow layer's Conv3d) are left."""
+    from fpar.engine.trainer import to_channels_last
+
+    for kw in ({}, VARIANTS["repflow"]):
+        model = tiny_ego(**kw)
+        apply_trainable(model, STAGE2 + ([r"^repflow\."] if kw else []))
+        set_train_mode(model, [])
+        fast = to_channels_last(copy.deepcopy(model))
+        conv = fast.backbone.layer4[0].conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        x, y = torch.randn(2, 3, 3, S, S), torch.tensor([1, 3])
+        losses = []
+        for m in (model, fast):
+            torch.manual_seed(1)  # the same dropout mask
+            loss = F.cross_entropy(m(x).logits, y)
+            loss.backward()
+            losses.append(loss)
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+        for (name, p), q in zip(model.named_parameters(), fast.parameters()):
+            if p.grad is not None:
+                scale = float(p.grad.abs().max())  # float rounding, relative to the gradient's size
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)

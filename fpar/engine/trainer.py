@@ -294,6 +294,17 @@ def select_metric(cfg: ExperimentConfig) -> str:
 # Training
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Every 4-D parameter and buffer of ``model`` (conv weights) in channels_last memory format, in place; the
+    convolutions then produce channels_last maps from ordinary inputs. 5-D weights (Conv3d) stay as they are
+    (``Module.to(memory_format=...)`` would refuse them)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 class TrainStep(nn.Module):
     """One training forward: the model's outputs and its weighted loss terms. DistributedDataParallel wraps this
     module, so every family's forward (whatever its spec calls) runs inside DDP's forward and its gradients are
@@ -548,6 +559,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             m.checkpoint = cfg.train.checkpoint
     cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
     model.to(device)
+    if cfg.train.channels_last:
+        to_channels_last(model)
     optimizer = make_optimizer(model, cfg)
 
     history: list[dict] = []

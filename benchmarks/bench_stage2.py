@@ -1,0 +1,121 @@
+"""Stage-2 training step speed (layer4 + ConvLSTM + classifier trained), fpar against the original code's way.
+
+    python benchmarks/bench_stage2.py [--frames 16] [--size 224] [--batch 4] [--rounds 3] [--threads 2]
+                                      [--json benchmarks/results/stage2.json]
+
+One Adam step (forward, cross-entropy, backward, update) on the same random clips, in alternating rounds (medians),
+with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
+
+* ``baseline``: the 2018 code's way, written here: each frame through the trunk in a Python loop (frozen parameters
+  with ``requires_grad=False``), CAM per frame, the ConvLSTM as eight separate convolutions;
+* ``fpar_nchw``: fpar's model (all frames of the batch through the trunk at once, per-gate ConvLSTM) in the
+  default memory format;
+* ``fpar``: the same with ``train.channels_last`` (the trainer's default): conv weights in channels_last.
+
+The frozen prefix (stem to layer3) keeps no graph in either fpar variant: nothing in it requires grad, so autograd
+records nothing there (tests/test_models.py::test_frozen_trunk_keeps_no_graph). Figures are clips per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fpar import create_model
+from fpar.engine.stages import apply_trainable, set_train_mode
+from fpar.engine.trainer import to_channels_last
+from fpar.models.layers.attention import cam_attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
+
+STAGE2 = [r"^lstm\.", r"^classifier\.", r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = create_model("ego_rnn", num_classes=61, pretrained=None, input_size=a.size)
+    apply_trainable(model, STAGE2)
+    set_train_mode(model, [])
+    x = torch.randn(a.batch, a.frames, 3, a.size, a.size)
+    y = torch.randint(0, 61, (a.batch,))
+
+    # The original's way: the same weights, frame by frame, eight-conv cell.
+    base = copy.deepcopy(model)
+    trunk = base.backbone
+    lstm = EightConvCell(base.lstm)
+    head = base.classifier
+
+    def baseline_logits() -> torch.Tensor:
+        state = None
+        for t in range(x.shape[1]):
+            feats = trunk.forward_features(x[:, t])
+            attended, _, _ = cam_attention(feats["conv5"], feats["conv5_nobn"], trunk.fc.weight, trunk.fc.bias)
+            state = lstm(attended, state)
+        return head.outputs(base.dropout(state[1].mean(dim=(2, 3))))["logits"]
+
+    nchw = copy.deepcopy(model)
+    nhwc = to_channels_last(copy.deepcopy(model))
+
+    def stepper(params, logits_fn):
+        opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4, eps=1e-4)
+
+        def step() -> None:
+            loss = F.cross_entropy(logits_fn(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    base_params = [*trunk.parameters(), *lstm.parameters(), *head.parameters()]
+    cases = {
+        "baseline": stepper(base_params, baseline_logits),
+        "fpar_nchw": stepper(nchw.parameters(), lambda: nchw(x).logits),
+        "fpar": stepper(nhwc.parameters(), lambda: nhwc(x).logits),
+    }
+    for fn in cases.values():
+        fn()  # warm-up (and Adam state)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for r in range(a.rounds):
+        for name, fn in cases.items() if r % 2 == 0 else list(cases.items())[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    rate = {k: a.batch / statistics.median(v) for k, v in times.items()}
+    out = {
+        "frames": a.frames,
+        "size": a.size,
+        "batch": a.batch,
+        "threads": torch.get_num_threads(),
+        "rounds": a.rounds,
+        "clips_per_s": {k: round(v, 3) for k, v in rate.items()},
+        "fpar_vs_baseline": round(rate["fpar"] / rate["baseline"], 2),
+        "fpar_nchw_vs_baseline": round(rate["fpar_nchw"] / rate["baseline"], 2),
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

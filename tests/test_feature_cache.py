@@ -108,3 +108,19 @@ def test_stages_that_cannot_use_the_cache_are_refused(extra, message, tiny_root,
     with pytest.raises(FparError, match=message):
         train(_cfg(tiny_root, tmp_path / "r", f"data.feature_cache={tmp_path / 'c'}", *extra), log=lambda m: None)
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_a_warm_cache_decodes_no_frames(tiny_root, tmp_path, monkeypatch):
+    """With every (video, draw) cached, the loader skips decoding: the datasets' frame reader is never called, and
+    a run gives the weights of the run that filled the cache."""
+    import fpar.data.dataset as dataset_mod
+
+    cache = tmp_path / "cache"
+    cold_w, _ = _run(tiny_root, tmp_path / "cold", f"data.feature_cache={cache}", "train.epochs=1")
+    calls = []
+    real = dataset_mod.read_rgb_many
+    monkeypatch.setattr(dataset_mod, "read_rgb_many", lambda paths: calls.append(len(paths)) or real(paths))
+    warm_w, rows = _run(tiny_root, tmp_path / "warm", f"data.feature_cache={cache}", "train.epochs=1")
+    assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w)
+    assert rows[0]["cache_hit_rate"] == 1.0
+    assert calls == [], f"{len(calls)} clips decoded with a warm cache"

@@ -52,6 +52,9 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.indices = [i for i in indices if self._has_modalities(manifest.videos[i])]
+        # (video index, draw) -> True when the clip's RGB input is not needed (its frozen-trunk features are in the
+        # run's feature cache, `fpar.engine.feature_cache.CachedDraws`): the item then carries rgb=None, no decoding
+        self.skip_rgb = None
         self.frame_cache = None  # data.frame_cache: decoded RGB frames, memory-mapped (fpar/data/frame_cache.py)
         if cfg.frame_cache and "rgb" in self.modalities:
             from .frame_cache import FrameCache
@@ -90,7 +93,9 @@ class ClipDataset(Dataset):
         if self.manifest.vocab.has_verb_noun:
             item["verb"], item["noun"] = v.verb_label, v.noun_label
         frame_idx = uniform_indices(v.num_frames, cfg.frames, method=cfg.sampling)
-        if "rgb" in self.modalities:
+        if "rgb" in self.modalities and self.skip_rgb is not None and self.skip_rgb(vid, item["draw"]):
+            item["rgb"] = None  # read from the feature cache instead (see collate_clips)
+        elif "rgb" in self.modalities:
             frames = self.frame_cache.frames(v, frame_idx) if self.frame_cache is not None else None
             if frames is None:
                 frames = _read_all(read_rgb_many, [v.rgb[k] for k in frame_idx], batch=True)
@@ -122,6 +127,18 @@ class ClipDataset(Dataset):
             item["flow_seq"] = torch.stack(seq)  # (T, 2L, S, S): the crop and flip of the RGB frames
         item["static_idx"] = int(rng.integers(cfg.frames))
         return item
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """``default_collate``, except that an ``rgb`` some items skipped (None, see ``ClipDataset.skip_rgb``) stays a
+    list of B tensors-or-None instead of one (B, T, 3, S, S) tensor."""
+    from torch.utils.data import default_collate
+
+    if any(it.get("rgb", 0) is None for it in items):
+        rest = default_collate([{k: v for k, v in it.items() if k != "rgb"} for it in items])
+        rest["rgb"] = [it["rgb"] for it in items]
+        return rest
+    return default_collate(items)
 
 
 def _flow(fx, fy, p, scale: float, kw) -> torch.Tensor:

@@ -57,6 +57,22 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
     return h.hexdigest()[:20]
 
 
+def entry_path(directory: Path, video: int, draw: int) -> Path:
+    """Where the features of video ``video`` (manifest index) under crop/flip draw ``draw`` are kept."""
+    return directory / f"v{video:06d}" / f"d{draw + 1:02d}.npy"
+
+
+class CachedDraws:
+    """Picklable test, for DataLoader workers: are a clip's features in the cache folder (so its frames need no
+    decoding)?"""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+
+    def __call__(self, video: int, draw: int) -> bool:
+        return entry_path(self.dir, video, draw).is_file()
+
+
 class FeatureCache:
     """The cache of one run (see the module docstring). ``forward`` replaces the family's forward."""
 
@@ -106,14 +122,23 @@ class FeatureCache:
 
     def describe(self, model, train_ds, eval_videos: int, epochs: int, device: torch.device) -> str:
         """The log line before training: where the cache is and the size it can reach. The shape of one clip's
-        entry comes from one frame through the prefix in eval mode (no BatchNorm statistics move)."""
+        entry is an existing entry's, or comes from one frame through the prefix in eval mode (no BatchNorm
+        statistics move)."""
         frames = train_ds.cfg.frames
-        probe = train_ds[0]["rgb"][:1]
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            shape = (frames, *self.plan.prefix(model, probe.to(device)).shape[1:])
-        model.train(was)
+        entry = next(self.dir.glob("v*/d*.npy"), None)
+        shape = None
+        if entry is not None:  # a filled cache: the shape of an entry, without decoding a clip
+            try:
+                shape = tuple(np.load(entry, mmap_mode="r").shape)
+            except (OSError, ValueError):
+                shape = None
+        if shape is None:
+            probe = train_ds[0]["rgb"][:1]
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                shape = (frames, *self.plan.prefix(model, probe.to(device)).shape[1:])
+            model.train(was)
         size = self.expected_bytes(shape, len(train_ds), eval_videos, epochs) / 2**30
         return (
             f"feature cache {self.dir}: up to {size:.2f} GiB ({len(train_ds)} training videos x up to "
@@ -121,7 +146,11 @@ class FeatureCache:
         )
 
     def _path(self, video: int, draw: int) -> Path:
-        return self.dir / f"v{video:06d}" / f"d{draw + 1:02d}.npy"
+        return entry_path(self.dir, video, draw)
+
+    def cached_draws(self) -> CachedDraws:
+        """The datasets' ``skip_rgb``: clips whose features are here are not decoded at all."""
+        return CachedDraws(self.dir)
 
     def features(self, model, batch: dict, device: torch.device) -> torch.Tensor:
         """(B, T, ...) prefix features of a batch: read where cached, else computed one clip at a time and written."""
@@ -135,6 +164,11 @@ class FeatureCache:
                     self.hits += 1
                 except (OSError, ValueError):
                     f = None  # a damaged entry is computed again
+            if f is None and batch["rgb"][i] is None:  # the loader skipped decoding because the entry was there
+                raise FparError(
+                    f"feature cache entry {path} was there when its clip was loaded and is gone or damaged now; "
+                    "do not clean the cache while a run uses it, and run again"
+                )
             if f is None:
                 with torch.no_grad():
                     f = self.plan.prefix(model, batch["rgb"][i].to(device)).float().cpu()  # (T, ...)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig, save_config, to_dict
-from ..data.dataset import ClipDataset, make_splits
+from ..data.dataset import ClipDataset, collate_clips, make_splits
 from ..data.manifest import Manifest, Vocabulary
 from ..data.readers import read_dataset
 from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
@@ -138,11 +138,13 @@ def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: i
                 distributed.epoch_order(len(ds), g), cfg.train.batch_size, d.rank, d.world
             )
             # the workers' base seed from a generator of its own, not from the global RNG (exact resume)
-            loader = DataLoader(ds, batch_sampler=sampler, generator=g, **common)
+            loader = DataLoader(ds, batch_sampler=sampler, generator=g, collate_fn=collate_clips, **common)
             loader.plan = sampler.plan  # (samples of this rank that count, samples in the batch), per batch
             return loader
         shard = distributed.ShardSampler(len(ds), d.rank, d.world)
-        return DataLoader(ds, batch_size=cfg.train.eval_batch_size, sampler=shard, drop_last=False, **common)
+        return DataLoader(
+            ds, batch_size=cfg.train.eval_batch_size, sampler=shard, drop_last=False, collate_fn=collate_clips, **common
+        )
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
@@ -152,6 +154,7 @@ def make_loader(ds: ClipDataset, cfg: ExperimentConfig, *, train: bool, epoch: i
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
+        collate_fn=collate_clips,
     )
 
 
@@ -622,6 +625,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     step = distributed.wrap(TrainStep(model, cfg, cache), device, find_unused=cfg.train.ddp_find_unused)
     if cache is not None:
         log(cache.describe(model, train_ds, len(select_ds), cfg.train.epochs, device))
+        for ds in {id(x): x for x in (train_ds, select_ds, test_ds) if x is not None}.values():
+            ds.skip_rgb = cache.cached_draws()  # a clip whose features are cached is not decoded
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
         "config": to_dict(cfg),

@@ -137,3 +137,21 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def sweep_stale_temporaries(directory: str | os.PathLike, pattern: str, older_than_s: float = 3600.0) -> int:
+    """Delete the temporary files ``pattern`` under ``directory`` that are older than ``older_than_s``: what a
+    killed writer left (a write takes well under a second, and another run's files in progress are younger, so runs
+    sharing the folder keep theirs). Returns how many were deleted."""
+    import time
+
+    now = time.time()
+    n = 0
+    for tmp in Path(directory).glob(pattern):
+        try:
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                n += 1
+        except OSError:
+            pass  # gone already, or not ours to delete
+    return n

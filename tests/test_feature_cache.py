@@ -124,3 +124,22 @@ def test_a_warm_cache_decodes_no_frames(tiny_root, tmp_path, monkeypatch):
     assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w)
     assert rows[0]["cache_hit_rate"] == 1.0
     assert calls == [], f"{len(calls)} clips decoded with a warm cache"
+
+
+def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from fpar.utils import sweep_stale_temporaries
+
+    (tmp_path / "v000001").mkdir()
+    old = tmp_path / "v000001" / ".d01.npy.123.tmp"
+    new = tmp_path / "v000001" / ".d02.npy.456.tmp"
+    keep = tmp_path / "v000001" / "d03.npy"
+    for p in (old, new, keep):
+        p.write_bytes(b"x")
+    hour_ago = time.time() - 7200
+    os.utime(old, (hour_ago, hour_ago))
+    os.utime(keep, (hour_ago, hour_ago))
+    assert sweep_stale_temporaries(tmp_path, "v*/.*.tmp") == 1
+    assert not old.exists() and new.exists() and keep.exists()

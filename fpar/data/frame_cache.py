@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FparError
+from ..utils import sweep_stale_temporaries
 from .frames import split_ref
 from .manifest import Manifest, VideoRecord
 
@@ -147,6 +148,7 @@ def build_frame_cache(
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FparError(f"cannot create the frame cache folder {root} ({e.strerror})") from None
+    sweep_stale_temporaries(root, ".*.npy")  # what a killed build left (entries are renamed into place whole)
     index_path = root / "index.json"
     entries: dict[str, dict] = {}
     if index_path.is_file():

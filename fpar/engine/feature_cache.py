@@ -33,6 +33,7 @@ import torch
 from ..data.transforms import DRAWS
 from ..errors import FparError
 from ..registry import FeatureCachePlan
+from ..utils import sweep_stale_temporaries
 
 
 def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) -> str:
@@ -85,6 +86,7 @@ class FeatureCache:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FparError(f"data.feature_cache={root}: cannot create {self.dir} ({e.strerror})") from None
+        self.swept = sweep_stale_temporaries(self.dir, "v*/.*.tmp")
 
     @classmethod
     def for_run(cls, cfg, spec, model, manifest, trainable: list[str]) -> FeatureCache | None:

@@ -445,7 +445,11 @@ def prepare(
     workers: int = typer.Option(1, "--workers", help="processes"),
     fps: float | None = typer.Option(None, "--fps", help="resample videos to this frame rate (default: native)"),
     short_side: int = typer.Option(256, "--short-side", help="shorter side of the written frames, px (0: keep)"),
-    flow: str = typer.Option("tvl1", "--flow", help="tvl1 (reference, slow) | dis (fast) | farneback"),
+    flow: str = typer.Option(
+        "tvl1", "--flow", help="tvl1 (OpenCV, reference) | tvl1-torch (same, batched, GPU) | dis (fast) | farneback"
+    ),
+    flow_batch: int | None = typer.Option(None, "--flow-batch", help="tvl1-torch pairs per batch (8; 32 on CUDA)"),
+    flow_device: str | None = typer.Option(None, "--flow-device", help="tvl1-torch device (default: cuda if any)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ):
@@ -462,6 +466,8 @@ def prepare(
         workers=workers,
         progress=not (quiet or json_out),
         layout=fmt,
+        flow_batch=flow_batch,
+        flow_device=flow_device,
     )
     failed = s["failed"]
     if json_out:
@@ -469,7 +475,7 @@ def prepare(
     else:
         typer.echo(
             f"prepared {len(s['processed'])} video(s) ({s['frames']} frames, flow {s['flow_method']}) in "
-            f"{s['seconds']:.1f} s -> {s['root']}"
+            f"{s['seconds']:.1f} s -> {s['root']} (flow {s['flow_s']:.1f} s, camera step {s['camera_s']:.1f} s)"
         )
         typer.echo(f"skipped {len(s['skipped'])} video(s) already prepared with the same settings")
         if s.get("next"):

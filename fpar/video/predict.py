@@ -16,7 +16,8 @@ it from a prepared dataset, so a video gives the scores `fpar eval` would give i
   (fast); ``"tvl1"`` is the reference quality that datasets prepared with the default ``fpar prepare`` used.
 
 Long videos are not held in memory whole: past :data:`BUFFER_BYTES` of decoded frames the rest is only counted and
-the video is decoded a second time, keeping just the frames the clip needs.
+the video is decoded a second time, keeping just the frames the clip needs. A prediction per window over a long video
+(``fpar predict --window``) is :mod:`fpar.video.long_video`, which builds each window's clip with :func:`clip_inputs`.
 """
 
 from __future__ import annotations

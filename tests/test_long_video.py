@@ -342,6 +342,7 @@ def test_bad_options_give_one_line_errors(colour_runs, planted_video, tmp_path, 
         (["--window", "2s", "--render", str(tmp_path / "taken.mp4")], "exists"),
         (["--window", "2s", "--batch", "0"], "--batch"),
         (["--window", "2s", "--render", video], "exists"),
+        (["--window", "2s", "--device", "gpu0"], "--device"),
     ]
     for extra, message in cases:
         assert main(["predict", run, video, *extra]) == 2, extra

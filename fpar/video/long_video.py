@@ -532,6 +532,23 @@ def _score_windows(
     return _Scores(starts, ends, np.stack(probs), slider.frames, maps)
 
 
+def _device(name: str):
+    """``--device``: ``auto`` is CUDA when there is one (as ``train.device=auto``), else a torch device name."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FparError(f"--device {name!r} is not a device: give auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FparError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FparError(f"--device {name}: this PyTorch has no usable MPS device; use --device cpu or auto")
+    return dev
+
+
 def _seconds(frame: int, rate: float | None) -> float | None:
     return None if rate is None else round(frame / rate, 4)
 
@@ -616,7 +633,6 @@ def predict_long_video(
         FparError: bad run, option or input; an output file that exists (checked before the work and refused,
         never overwritten); ``render_cam`` with a model without attention maps.
     """
-    import torch
 
     from fpar.engine.run import open_run
     from fpar.video.flow import FLOW_METHODS
@@ -671,12 +687,7 @@ def predict_long_video(
             f"--window {w_span} is {w} frame(s); this flow model stacks {flow_stack} consecutive flows, which needs "
             f"windows of at least {flow_stack + 1} frames"
         )
-    if device == "auto":  # pick_device("auto") without importing the trainer (torchmetrics: a second of start-up)
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        from fpar.engine.trainer import pick_device
-
-        dev = pick_device(device)
+    dev = _device(device)
     model = model.to(dev)
     classes = run.classes
     k = min(int(top), len(classes))

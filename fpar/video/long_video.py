@@ -51,11 +51,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fpar.errors import FparError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fpar.engine.run import OpenRun
 
 __all__ = ["Span", "parse_span", "merge_windows", "Merged", "predict_long_video", "RENDER_SHORT_SIDE"]
 
@@ -468,8 +473,8 @@ def _score_windows(
     w: int,
     s: int,
     *,
-    run,
-    device,
+    run: OpenRun,
+    device: torch.device,
     batch: int,
     flow_method: str,
     cams: bool,
@@ -532,7 +537,7 @@ def _score_windows(
     return _Scores(starts, ends, np.stack(probs), slider.frames, maps)
 
 
-def _device(name: str):
+def _device(name: str) -> torch.device:
     """``--device``: ``auto`` is CUDA when there is one (as ``train.device=auto``), else a torch device name."""
     import torch
 

@@ -397,9 +397,8 @@ def _render(
     from fpar.video.io import iter_frame_folder, iter_video
     from fpar.video.predict import _frame_folder
 
-    source = (
-        iter_frame_folder(_frame_folder(video)) if video.is_dir() else iter_video(video, fps=resample)
-    )  # native size
+    # at the video's own size, resampled to the rate the prediction pass used
+    source = iter_frame_folder(_frame_folder(video)) if video.is_dir() else iter_video(video, fps=resample)
     if progress is not None:
         source = progress(source, total=frames, desc="render", unit="frame")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"  # mpeg4 is built into every FFmpeg
@@ -429,8 +428,12 @@ def _render(
                     i += 1
                 c = int(labels[i])
                 if cams is not None:
-                    # the CAM of the window centred nearest this frame, at its sampled frame nearest this frame
-                    j = int(np.abs(cams["centres"] - f).argmin())
+                    # the CAM of the window centred nearest this frame (centres are sorted), at its sampled frame
+                    # nearest this frame
+                    j = int(np.searchsorted(cams["centres"], f))
+                    j = min(j, len(cams["centres"]) - 1)
+                    if j > 0 and f - cams["centres"][j - 1] <= cams["centres"][j] - f:
+                        j -= 1
                     maps, sampled = cams["maps"][j], cams["sampled"][j][: len(cams["maps"][j])]
                     k = int(np.abs(np.asarray(sampled) - f).argmin())
                     x0, y0, x1, y1 = box

@@ -498,18 +498,74 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     cam_dir: str | None = typer.Option(None, "--cam", help="folder for CAM overlays of the sampled frames (PNG)"),
     flow: str = typer.Option("dis", "--flow", help="flow models: dis (fast) | tvl1 (reference) | farneback"),
-    fps: float | None = typer.Option(None, "--fps", help="resample the video to this frame rate first"),
+    fps: float | None = typer.Option(
+        None, "--fps", help="resample the video to this frame rate first (--window, frame folder: its frame rate)"
+    ),
     short_side: int | None = typer.Option(None, "--short-side", help="frame size, px (default: data.scale_size)"),
     epic_test: str | None = typer.Option(None, "--epic-test", help="EPIC_100_test_timestamps.csv: write a submission"),
-    out: str | None = typer.Option(None, "--out", help="--epic-test: the submission JSON to write"),
+    out: str | None = typer.Option(
+        None, "--out", help="--window: the results (.json or .csv); --epic-test: the submission JSON"
+    ),
     sls: str | None = typer.Option(None, "--sls", help="--epic-test: supervision levels PT,TL,TD (0-5 each)"),
     root: str | None = typer.Option(None, "--root", help="--epic-test: EPIC frames folder (default: the run's)"),
+    window: str | None = typer.Option(
+        None, "--window", help="slide a window over the whole video: seconds (2s) or frames (48f, or 48)"
+    ),
+    stride: str | None = typer.Option(None, "--stride", help="--window: step between windows (default: half of it)"),
+    batch: int | None = typer.Option(None, "--batch", help="--window: windows per forward pass (default 8)"),
+    min_segment: str | None = typer.Option(
+        None, "--min-segment", help="--window: absorb shorter segments into a neighbour (2s, 48f)"
+    ),
+    timeline: str | None = typer.Option(
+        None, "--timeline", help="--window: timeline PNG (default with --out: <out>.timeline.png)"
+    ),
+    render: str | None = typer.Option(None, "--render", help="--window: MP4 of the video with the current class"),
+    render_cam: bool = typer.Option(False, "--render-cam", help="--render: draw the CAM too (models with CAM)"),
+    device: str | None = typer.Option(None, "--device", help="--window: auto (default) | cpu | cuda"),
 ):
-    """Classify a raw video (or frame folder) with a trained run; flow is computed on the fly. With --epic-test,
-    score EPIC-KITCHENS-100's test segments and write the challenge's submission JSON."""
+    """Classify a raw video (or frame folder) with a trained run; flow is computed on the fly. With --window, slide
+    over a whole video (streamed) and write per-window top-k and merged segments (--out .json or .csv), a timeline
+    PNG and an annotated MP4 (--render). With --epic-test, score EPIC-KITCHENS-100's test segments and write the
+    challenge's submission JSON."""
     from .video.predict import predict_video
 
     _threads()
+    windowed = {
+        "--stride": stride,
+        "--batch": batch,
+        "--min-segment": min_segment,
+        "--timeline": timeline,
+        "--render": render,
+        "--render-cam": render_cam or None,
+        "--device": device,
+    }
+    if window is None and any(v is not None for v in windowed.values()):
+        given = ", ".join(k for k, v in windowed.items() if v is not None)
+        raise FparError(f"{given}: only with --window (e.g. --window 2s --stride 0.5s)")
+    if window is not None:
+        if epic_test is not None or video is None:
+            raise FparError("usage: fpar predict RUN VIDEO --window 2s [--stride 0.5s] [--out FILE.json|FILE.csv]")
+        if cam_dir is not None:
+            raise FparError("--cam writes the CAMs of one clip; with --window, --render-cam draws them on --render")
+        _predict_windows(
+            run,
+            video,
+            window=window,
+            stride=stride,
+            top=top,
+            batch=8 if batch is None else batch,
+            min_segment=min_segment,
+            fps=fps,
+            short_side=short_side,
+            flow_method=flow,
+            device=device or "auto",
+            out=out,
+            timeline=timeline,
+            render=render,
+            render_cam=render_cam,
+            json_out=json_out,
+        )
+        return
     if epic_test is not None:
         from .experiments.submission import epic_submission
 
@@ -530,6 +586,47 @@ def predict(
         typer.echo(f"  {i:2d}. {t['class']:<{width}}  {100 * t['prob']:6.2f}%")
     if r.get("cam"):
         typer.echo(f"wrote {len(r['cam'])} CAM overlay(s) to {cam_dir}")
+
+
+MAX_SEGMENT_LINES = 20  # segments listed on the terminal; the rest are in --out
+
+
+def _predict_windows(run: str, video: str, *, json_out: bool, **options) -> None:
+    """`fpar predict --window`: the long-video prediction, then its summary (or the whole result as JSON)."""
+    from .video.long_video import predict_long_video
+
+    progress = None
+    if not json_out and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm
+    r = predict_long_video(run, video, progress=progress, **options)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+
+    def at(seconds: float | None, frame: int) -> str:
+        return f"{seconds:8.2f} s" if seconds is not None else f"{frame:7d} f"
+
+    def span(s: dict) -> str:
+        return f"{s['seconds']:g} s ({s['frames']} frames)" if s["seconds"] is not None else f"{s['frames']} frames"
+
+    rate = f" at {r['fps']:g} fps ({r['duration']:.1f} s)" if r["fps"] else ""
+    typer.echo(
+        f"{r['video']}: {r['frames']} frames{rate}, {r['model']} ({r['checkpoint']}); {len(r['windows'])} windows of "
+        f"{span(r['window'])} every {span(r['stride'])}; {len(r['segments'])} segment(s):"
+    )
+    width = max(len(s["class"]) for s in r["segments"])
+    for s in r["segments"][:MAX_SEGMENT_LINES]:
+        typer.echo(
+            f"  {at(s['start'], s['start_frame'])} - {at(s['end'], s['end_frame'])}  {s['class']:<{width}}  "
+            f"{100 * s['score']:6.2f}%"
+        )
+    if len(r["segments"]) > MAX_SEGMENT_LINES:
+        typer.echo(f"  ... {len(r['segments']) - MAX_SEGMENT_LINES} more (all of them in --out)")
+    written = [p for p in r["files"].values() if p]
+    if written:
+        typer.echo(f"wrote {', '.join(written)}")
 
 
 @app.command("export")

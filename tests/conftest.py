@@ -58,7 +58,8 @@ def tiny_overrides(tiny_root) -> list[str]:
 class Forked:
     """``fpar ARGS`` in a forked copy of this process: a process of its own (a SIGKILL kills only it, a lock is held
     by another pid) without the seconds an interpreter takes to start and import torch. ``env`` is set in the child
-    only. `wait` gives (exit code, or -signal when it was killed; its stderr)."""
+    only. `wait` gives (exit code, or -signal when it was killed; its stderr); then ``rusage`` is the child's own
+    resource usage (``ru_maxrss``: its peak resident memory, KiB)."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         import tempfile
@@ -90,7 +91,7 @@ class Forked:
 
         deadline = time.time() + timeout
         while True:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
+            done, status, self.rusage = os.wait4(self.pid, os.WNOHANG)
             if done:
                 break
             if time.time() > deadline:

@@ -1,6 +1,7 @@
 """Figures of the report as PNG files (matplotlib, Agg canvas; no pyplot state, no display needed).
 
-The only module of fpar that imports matplotlib; ``fpar.experiments.report`` calls it.
+With ``fpar.video.timeline`` (the long-video timeline), the only module of fpar that imports matplotlib;
+``fpar.experiments.report`` calls it.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "iter_video",
     "read_video",
+    "video_info",
     "list_frame_files",
     "iter_frame_folder",
     "read_frame_folder",
@@ -222,6 +223,35 @@ def _decode(container, stream, path, fps, short_side, start, end, max_frames) ->
         emitted += 1
         if max_frames is not None and emitted >= max_frames:
             return
+
+
+def video_info(path: str | os.PathLike) -> dict:
+    """What the container says about the first video stream, without decoding: ``{"fps": float | None (the
+    stream's average frame rate), "frames": int | None (the container's count; an estimate for some files),
+    "width", "height"}``.
+
+    Raises:
+        FparError: the file is missing, is not a video or has no video stream.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise FparError(f"video file not found: {path}; check the path")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise FparError(f"{path} has no video stream; give a video file (audio-only and image files are not)")
+            s = container.streams.video[0]
+            rate = s.average_rate or s.guessed_rate
+            return {
+                "fps": float(rate) if rate else None,
+                "frames": int(s.frames) if s.frames else None,
+                "width": int(s.codec_context.width),
+                "height": int(s.codec_context.height),
+            }
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise FparError(f"cannot open video {path} ({e}); check it is a video file or {_REENCODE_HINT}") from e
 
 
 def read_video(

@@ -16,7 +16,8 @@ it from a prepared dataset, so a video gives the scores `fpar eval` would give i
   (fast); ``"tvl1"`` is the reference quality that datasets prepared with the default ``fpar prepare`` used.
 
 Long videos are not held in memory whole: past :data:`BUFFER_BYTES` of decoded frames the rest is only counted and
-the video is decoded a second time, keeping just the frames the clip needs.
+the video is decoded a second time, keeping just the frames the clip needs. A prediction per window over a long video
+(``fpar predict --window``) is :mod:`fpar.video.long_video`, which builds each window's clip with :func:`clip_inputs`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from fpar.errors import FparError
 
-__all__ = ["predict_video", "load_clip", "BUFFER_BYTES"]
+__all__ = ["predict_video", "load_clip", "clip_inputs", "FlowCache", "BUFFER_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ BUFFER_BYTES = 512 * 2**20  # decoded frames kept from the first pass before fal
 
 
 def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path, flow_seq: bool = False) -> dict[str, Any]:
-    """Which frames and flows the clip of an N-frame video uses (the test pipeline's choices)."""
+    """Which frames and flows the clip of an N-frame video uses (the test pipeline's choices): ``{"frames": N,
+    "modalities", "rgb": T frame indices, "stacks" / "seq": lists of flow indices, "need": every frame read}``."""
     from fpar.data.sampling import (
         centred_stack_starts,
         flow_stack_start,
@@ -54,7 +57,8 @@ def _plan(n: int, cfg, *, rgb: bool, flow: bool, source: Path, flow_seq: bool = 
 
     if n < 1:
         raise FparError(f"no frames decoded from {source}; check the file (or re-encode it with ffmpeg)")
-    plan: dict[str, Any] = {"frames": n, "rgb": [], "stacks": [], "seq": []}
+    mods = tuple(m for m, on in (("rgb", rgb), ("flow", flow), ("flow_seq", flow_seq)) if on)
+    plan: dict[str, Any] = {"frames": n, "modalities": mods, "rgb": [], "stacks": [], "seq": []}
     if rgb or flow_seq:
         plan["rgb"] = uniform_indices(n, cfg.data.frames, method=cfg.data.sampling)
     if flow or flow_seq:
@@ -141,6 +145,82 @@ def _video_frames(
     return plan, frames
 
 
+@dataclass
+class FlowCache:
+    """Grey frames and 8-bit warp flows by absolute index (flow k goes from frame k to k+1), shared by the clips
+    that overlap in a long video so that each flow is computed once; :meth:`drop_before` frees what no later clip
+    reads."""
+
+    greys: dict[int, np.ndarray] = field(default_factory=dict)
+    flows: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def drop_before(self, index: int) -> None:
+        for d in (self.greys, self.flows):
+            for k in [k for k in d if k < index]:
+                del d[k]
+
+
+def clip_inputs(
+    frame: Callable[[int], np.ndarray],
+    plan: dict[str, Any],
+    cfg,
+    *,
+    flow_method: str = "dis",
+    offset: int = 0,
+    cache: FlowCache | None = None,
+) -> dict[str, Any]:
+    """The test-pipeline tensors of one clip whose frames and flows :func:`_plan` chose (see the module docstring).
+
+    Args:
+        frame: ``frame(i)`` gives frame ``i`` as ``(H, W, 3)`` uint8 RGB at the clip's short side; ``i`` counts from
+            the start of the video, i.e. ``offset`` + an index of the plan.
+        plan: :func:`_plan`'s choice for the clip's N frames (indices from the clip's first frame).
+        cfg: the run's config (``data.input_size``, ``scale_size``).
+        flow_method: the flow estimator inside :func:`~fpar.video.flow.warp_flow`.
+        offset: the index of the clip's first frame in the video (a window of a long video; 0 for a whole clip).
+        cache: grey frames and encoded flows already computed (filled here); None: a fresh one.
+
+    Returns:
+        ``{"rgb": (T, 3, S, S) | None, "flow": (2L, S, S) or (K, 2L, S, S) | None, "flow_seq": (T, 2L, S, S) | None,
+        "new_flows": how many warp flows were computed}`` (float32; no batch dimension).
+    """
+    import torch
+
+    from fpar.data.flowcodec import encode_flow
+    from fpar.data.transforms import CropParams, transform_flow, transform_rgb
+    from fpar.video.flow import to_grey, warp_flow
+
+    cache = cache if cache is not None else FlowCache()
+    p = CropParams(train=False)
+    kw = dict(scale_size=cfg.data.scale_size, input_size=cfg.data.input_size)
+    mods = plan["modalities"]
+    out: dict[str, Any] = {"rgb": None, "flow": None, "flow_seq": None, "new_flows": 0}
+    if "rgb" in mods:
+        out["rgb"] = transform_rgb([frame(offset + i) for i in plan["rgb"]], p, **kw)  # (T, 3, S, S)
+
+    def grey(i: int) -> np.ndarray:
+        if i not in cache.greys:
+            cache.greys[i] = to_grey(frame(i))
+        return cache.greys[i]
+
+    def stack(idx: list[int]) -> torch.Tensor:
+        for k in (offset + j for j in idx):
+            if k not in cache.flows:
+                wf = warp_flow(grey(k), grey(k + 1), flow_method)  # (H, W, 2): frame k -> k+1, camera removed
+                cache.flows[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
+                out["new_flows"] += 1
+        fx = [cache.flows[offset + j][0] for j in idx]
+        fy = [cache.flows[offset + j][1] for j in idx]
+        return transform_flow(fx, fy, p, **kw)  # (2L, S, S)
+
+    if "flow" in mods:
+        stacks = [stack(idx) for idx in plan["stacks"]]
+        out["flow"] = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L, S, S) or (K, 2L, S, S)
+    if "flow_seq" in mods:
+        out["flow_seq"] = torch.stack([stack(idx) for idx in plan["seq"]])  # (T, 2L, S, S)
+    return out
+
+
 def load_clip(
     video: str | os.PathLike,
     cfg,
@@ -172,11 +252,8 @@ def load_clip(
     Raises:
         FparError: missing / unreadable input, or too few frames for a flow stack.
     """
-    import torch
-
-    from fpar.data.flowcodec import encode_flow
-    from fpar.data.transforms import CropParams, apply_crop, crop_box, transform_flow, transform_rgb
-    from fpar.video.flow import FLOW_METHODS, to_grey, warp_flow
+    from fpar.data.transforms import CropParams, apply_crop, crop_box
+    from fpar.video.flow import FLOW_METHODS
 
     if (flow or flow_seq) and flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
@@ -199,50 +276,24 @@ def load_clip(
         plan, frames = _video_frames(path, fps, short_side, plan_for)
     t_read = time.perf_counter() - t0
 
-    p = CropParams(train=False)
-    kw = dict(scale_size=cfg.data.scale_size, input_size=cfg.data.input_size)
     out: dict[str, Any] = {
-        "rgb": None,
-        "flow": None,
-        "flow_seq": None,
         "frames": plan["frames"],
         "indices": plan["rgb"],
         "flow_stacks": plan["stacks"] + plan["seq"],
         "crops": [],
         "short_side": short_side,
     }
+    t1 = time.perf_counter()
+    x = clip_inputs(frames.__getitem__, plan, cfg, flow_method=flow_method)
+    for k in ("rgb", "flow", "flow_seq"):
+        out[k] = None if x[k] is None else x[k][None]  # (1, ...): a batch of one
     if rgb:
         chosen = [frames[i] for i in plan["rgb"]]
-        out["rgb"] = transform_rgb(chosen, p, **kw)[None]  # (1, T, 3, S, S)
         h, w = chosen[0].shape[:2]
-        box = crop_box(w, h, p, **kw)
+        box = crop_box(w, h, CropParams(train=False), scale_size=cfg.data.scale_size, input_size=cfg.data.input_size)
         out["crops"] = [apply_crop(f, box, cfg.data.input_size) for f in chosen]  # (S, S, 3) each
     if flow or flow_seq:
-        t1 = time.perf_counter()
-        greys: dict[int, np.ndarray] = {}
-        encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-        def grey(i: int) -> np.ndarray:
-            if i not in greys:
-                greys[i] = to_grey(frames[i])
-            return greys[i]
-
-        def stack(idx: list[int]):
-            for k in idx:
-                if k not in encoded:
-                    wf = warp_flow(grey(k), grey(k + 1), flow_method)  # (H, W, 2): frame k -> k+1, camera removed
-                    encoded[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
-            fx = [encoded[k][0] for k in idx]
-            fy = [encoded[k][1] for k in idx]
-            return transform_flow(fx, fy, p, **kw)  # (2L, S, S)
-
-        if flow:
-            stacks = [stack(idx) for idx in plan["stacks"]]
-            f = stacks[0] if len(stacks) == 1 else torch.stack(stacks)  # (2L, S, S) or (K, 2L, S, S)
-            out["flow"] = f[None]
-        if flow_seq:
-            out["flow_seq"] = torch.stack([stack(idx) for idx in plan["seq"]])[None]  # (1, T, 2L, S, S)
-        log.info("%s: %d warp flows (%s) in %.2f s", path, len(encoded), flow_method, time.perf_counter() - t1)
+        log.info("%s: %d warp flows (%s) in %.2f s", path, x["new_flows"], flow_method, time.perf_counter() - t1)
     log.info("%s: %d frames, %d read in %.2f s", path, plan["frames"], len(frames), t_read)
     return out
 

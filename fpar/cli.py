@@ -497,7 +497,9 @@ def predict(
     top: int = typer.Option(5, "--top", help="how many classes to show"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     cam_dir: str | None = typer.Option(None, "--cam", help="folder for CAM overlays of the sampled frames (PNG)"),
-    flow: str = typer.Option("dis", "--flow", help="flow models: dis (fast) | tvl1 (reference) | farneback"),
+    flow: str = typer.Option(
+        "dis", "--flow", help="flow models: dis (fast) | tvl1 (reference) | tvl1-torch (same, batched) | farneback"
+    ),
     fps: float | None = typer.Option(
         None, "--fps", help="resample the video to this frame rate first (--window, frame folder: its frame rate)"
     ),

@@ -311,7 +311,7 @@ def test_folded_batchnorm_equals_unfolded(arch):
 def test_channels_last_step_equals_the_default_layout():
     """train.channels_last: the conv weights change memory format, not values; one stage-2 step gives the same
     loss and gradients (to float rounding), and 5-D weights (the representation-flow layer's Conv3d) are left."""
-    from fpar.engine.trainer import to_channels_last
+    from fpar.engine.build import to_channels_last
 
     for kw in ({}, VARIANTS["repflow"]):
         model = tiny_ego(**kw)

@@ -168,12 +168,23 @@ def test_predict_cli_json_and_cam(runs, video, tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert [set(t) for t in r["top"]] == [{"class", "prob"}] * 2 and r["frames"] == 8
     assert len(r["cam"]) == 3
-    for p in r["cam"]:
+    from fpar.drawing import caption, prediction_lines
+
+    lines = prediction_lines(video.name, [("ego_rnn", r["top"][0]["class"], r["top"][0]["prob"])])
+    for k, p in enumerate(r["cam"]):
         img = cv2.imread(p)
-        assert img is not None and img.shape == (64, 64, 3)
+        # the 64 px overlay with its caption under it: video, prediction and score, and the frame's number
+        band = caption(np.zeros((64, 64, 3), np.uint8), [*lines, f"frame {r['sampled'][k] + 1}"])[64:]
+        assert img is not None and img.shape == (64 + band.shape[0], 64, 3)
+        np.testing.assert_array_equal(cv2.cvtColor(img[64:], cv2.COLOR_BGR2RGB), band)
+        assert (img[:64] != 255).any()  # the overlay itself
     assert main(["predict", str(runs["flow"]), str(video), "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "flow_resnet" in out and out.count("%") == 3
+    # --flow tvl1-torch: the clip's flows computed in one batch
+    assert main(["predict", str(runs["flow"]), str(video), "--flow", "tvl1-torch", "--json", "--top", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["flow_method"] == "tvl1-torch" and len(r["top"]) == 2 and r["flow_stacks"]
 
 
 def test_cam_of_a_flow_model_is_refused(runs, video, tmp_path, capsys):

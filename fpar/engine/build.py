@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..config import ExperimentConfig, to_dict
@@ -83,3 +84,14 @@ def build_model(
         extra["streams"] = {n: to_dict(c) for n, c in stream_cfgs.items()}
     model = spec.build(BuildContext(cfg=cfg, block=block, vocab=vocab, streams=streams or {}))
     return model, extra
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Every 4-D parameter and buffer of ``model`` (conv weights) in channels_last memory format, in place; the
+    convolutions then produce channels_last maps from ordinary inputs. 5-D weights (Conv3d) stay as they are
+    (``Module.to(memory_format=...)`` would refuse them)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model

@@ -46,6 +46,18 @@ class OpenRun:
     def normalisation(self) -> dict:
         return dict(self.ckpt.get("normalisation") or {})
 
+    def for_inference(self) -> nn.Module:
+        """The model made faster for inference, in place: BatchNorm folded into the convs where exact
+        (`fpar.models.backbone.fold_batchnorm`) and conv weights channels_last. The outputs agree with the
+        unfolded model's to float rounding; do not train or save the model afterwards."""
+        from ..models.backbone import fold_batchnorm
+        from .build import to_channels_last
+
+        if self.model is None:
+            raise ValueError("the run was opened without its model (build=False)")
+        fold_batchnorm(self.model)
+        return to_channels_last(self.model)
+
     def info(self) -> dict[str, Any]:
         """The ``info`` dict of `fpar.load_run` (classes, config as a dict, input size, normalisation, ...)."""
         keys = ("classes", "config", "input_size", "normalisation", "epoch", "metrics", "path")

@@ -39,7 +39,7 @@ from ..models.heads import total_loss
 from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
 from ..version import __version__
 from . import distributed
-from .build import build_model, forward_batch, modalities, resolve_trainable, spec_of
+from .build import build_model, forward_batch, modalities, resolve_trainable, spec_of, to_channels_last
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, group_masks
@@ -295,17 +295,6 @@ def select_metric(cfg: ExperimentConfig) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # Training
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """Every 4-D parameter and buffer of ``model`` (conv weights) in channels_last memory format, in place; the
-    convolutions then produce channels_last maps from ordinary inputs. 5-D weights (Conv3d) stay as they are
-    (``Module.to(memory_format=...)`` would refuse them)."""
-    with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
-                t.data = t.data.contiguous(memory_format=torch.channels_last)
-    return model
 
 
 class TrainStep(nn.Module):

@@ -665,7 +665,7 @@ def predict_long_video(
     files = _output_paths(out, timeline, render)
 
     run = open_run(run_or_checkpoint)
-    cfg, spec, model = run.cfg, run.spec, run.model
+    cfg, spec, model = run.cfg, run.spec, run.for_inference()  # BN folded, channels_last
     reads = tuple(spec.inputs(cfg, False))
     unknown = set(reads) - {"rgb", "flow", "flow_seq"}
     if unknown:

@@ -188,7 +188,7 @@ def clip_inputs(
 
     from fpar.data.flowcodec import encode_flow
     from fpar.data.transforms import CropParams, transform_flow, transform_rgb
-    from fpar.video.flow import to_grey, warp_flow
+    from fpar.video.flow import to_grey, warp_flows
 
     cache = cache if cache is not None else FlowCache()
     p = CropParams(train=False)
@@ -203,12 +203,16 @@ def clip_inputs(
             cache.greys[i] = to_grey(frame(i))
         return cache.greys[i]
 
+    # Every flow the clip's stacks need and the cache lacks, computed in one call (tvl1-torch: one batch).
+    wanted = (plan["stacks"] if "flow" in mods else []) + (plan["seq"] if "flow_seq" in mods else [])
+    missing = sorted({offset + j for idx in wanted for j in idx} - cache.flows.keys())
+    if missing:
+        flows = warp_flows([(grey(k), grey(k + 1)) for k in missing], flow_method)  # (H, W, 2) each: k -> k+1
+        for k, wf in zip(missing, flows):
+            cache.flows[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
+        out["new_flows"] += len(missing)
+
     def stack(idx: list[int]) -> torch.Tensor:
-        for k in (offset + j for j in idx):
-            if k not in cache.flows:
-                wf = warp_flow(grey(k), grey(k + 1), flow_method)  # (H, W, 2): frame k -> k+1, camera removed
-                cache.flows[k] = (encode_flow(wf[..., 0]), encode_flow(wf[..., 1]))  # uint8 grey, bound 20 px
-                out["new_flows"] += 1
         fx = [cache.flows[offset + j][0] for j in idx]
         fy = [cache.flows[offset + j][1] for j in idx]
         return transform_flow(fx, fy, p, **kw)  # (2L, S, S)
@@ -301,17 +305,19 @@ def load_clip(
 # ----------------------------------------------------------------------------------------------- prediction
 
 
-def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int]) -> list[str]:
+def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int], caption: list[str]) -> list[str]:
+    """One PNG per sampled frame: its CAM overlay captioned with ``caption`` (video, prediction and score) and the
+    frame's number in the video."""
     import cv2
 
-    from fpar.drawing import overlay
+    from fpar.drawing import label_overlay
     from fpar.utils import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     # attn (T', h, w); T' = T - 1 with the representation-flow layer: map k belongs to the step from frame k to k+1
     for k, (crop, a) in enumerate(zip(crops, attn)):
-        img = overlay(crop, a.float().numpy())  # (S, S, 3) RGB
+        img = label_overlay(crop, a.float().numpy(), [*caption, f"frame {indices[k] + 1}"])  # (S + h, S, 3) RGB
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:
             raise OSError("PNG encoding failed")
@@ -363,7 +369,7 @@ def predict_video(
     if flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
     run = open_run(run_or_checkpoint)
-    cfg, spec, model = run.cfg, run.spec, run.model
+    cfg, spec, model = run.cfg, run.spec, run.for_inference()  # BN folded, channels_last
     name = spec.name
     reads = set(spec.inputs(cfg, False))
     unknown = reads - {"rgb", "flow", "flow_seq"}
@@ -405,5 +411,9 @@ def predict_video(
     if cam_out is not None:
         if out.attn is None:  # checked above; a model that skipped attention would be a bug
             raise FparError(f"{run.path} returned no attention map")
-        result["cam"] = _write_cams(clip["crops"], out.attn[0], Path(cam_out), clip["indices"])
+        from fpar.drawing import prediction_lines
+
+        best = result["top"][0]
+        caption = prediction_lines(Path(video).name, [(name, best["class"], best["prob"])])
+        result["cam"] = _write_cams(clip["crops"], out.attn[0], Path(cam_out), clip["indices"], caption)
     return result

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from fpar import create_model
+from fpar.engine.build import to_channels_last
 from fpar.engine.stages import apply_trainable, set_train_mode
-from fpar.engine.trainer import to_channels_last
 from fpar.models.layers.attention import cam_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -30,9 +30,8 @@ from pathlib import Path
 import torch
 
 from fpar.config import load_config
-from fpar.engine.build import build_model, forward_batch
+from fpar.engine.build import build_model, forward_batch, resolve_trainable, to_channels_last
 from fpar.engine.stages import apply_trainable, set_train_mode
-from fpar.engine.trainer import resolve_trainable, to_channels_last
 from fpar.models.backbone import ResNetTrunk
 from fpar.models.heads import total_loss
 from fpar.registry import model_spec

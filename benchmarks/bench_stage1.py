@@ -36,6 +36,7 @@ from torch import nn
 
 from fpar.config import load_config, set_value
 from fpar.data.synth import synthesize
+from fpar.data.transforms import normalize_rgb
 from fpar.engine.build import build_model
 from fpar.engine.trainer import make_loader, prepare, train
 from fpar.models.layers.attention import cam_attention
@@ -74,14 +75,14 @@ def baseline_schedule(cfg, epochs: int) -> float:
         train_ds.set_epoch(epoch)
         lstm.train()
         for batch in make_loader(train_ds, cfg, train=True, epoch=epoch):
-            loss = F.cross_entropy(clip_logits(batch["rgb"]), batch["label"])
+            loss = F.cross_entropy(clip_logits(normalize_rgb(batch["rgb"])), batch["label"])
             opt.zero_grad()
             loss.backward()
             opt.step()
         lstm.eval()
         with torch.no_grad():
             for batch in make_loader(select_ds, cfg, train=False):
-                clip_logits(batch["rgb"])
+                clip_logits(normalize_rgb(batch["rgb"]))
     return time.perf_counter() - t0
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fpar.config import load_config
+from fpar.data.transforms import normalize_rgb
 from fpar.engine.trainer import train
 from fpar.errors import FparError
 from tests.conftest import tiny_args
@@ -72,7 +73,7 @@ def test_stored_features_are_the_prefix_of_one_clip(tiny_root, tmp_path):
     (sub,) = [p for p in cache.iterdir() if p.is_dir()]
     stored = np.load(sub / f"v{item['index']:06d}" / "d00.npy")
     with torch.no_grad():
-        feats = r.spec.feature_cache.prefix(r.model, item["rgb"])
+        feats = r.spec.feature_cache.prefix(r.model, normalize_rgb(item["rgb"]))
     assert stored.dtype == np.float32 and stored.shape == tuple(feats.shape)
     assert np.array_equal(stored, feats.contiguous().numpy())
 

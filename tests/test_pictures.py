@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fpar.config import load_config, save_config
+from fpar.data.transforms import normalize_rgb
 from fpar.drawing import (
     MIN_SCALE,
     PAD,
@@ -149,7 +150,11 @@ def test_cam_figure_footer_names_video_truth_prediction_and_score(tiny_run, tmp_
     assert args[0] == video.key and kw["truth"] == run.classes[video.label]
     # the scores are the softmax of the model's logits on the test clip
     item = run.dataset(manifest, [i])[0]
-    probs = run.spec.forward(run.model.eval(), {"rgb": item["rgb"][None]}, False).logits.detach().softmax(1)[0]
+    probs = (
+        run.spec.forward(run.model.eval(), {"rgb": normalize_rgb(item["rgb"][None])}, False)
+        .logits.detach()
+        .softmax(1)[0]
+    )
     p, c = probs.max(0)
     (m1, label1, p1), (m2, label2, p2) = args[1]
     assert (m1, label1) == ("ego_rnn", run.classes[int(c)]) and p1 == pytest.approx(float(p), abs=1e-5)

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from fpar.config import load_config
+from fpar.data.transforms import normalize_batch
 from fpar.engine.run import open_run
 from fpar.engine.trainer import train
 from fpar.registry import model_specs
@@ -190,7 +191,7 @@ def test_every_registered_model_builds_trains_opens_predicts_and_exports(name, t
     manifest = opened.manifest()
     test = opened.test_indices(manifest)
     item = opened.dataset(manifest, test[:1])[0]
-    batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
+    batch = normalize_batch({k: v[None] for k, v in item.items() if torch.is_tensor(v)})
     with torch.no_grad():
         out = spec.forward(opened.model, batch, False)
     assert out.logits.shape == (1, len(opened.classes)) and torch.isfinite(out.logits).all()

@@ -15,6 +15,7 @@ from fpar.data.transforms import (
     crop_box,
     downsample_mmaps,
     draw_params,
+    normalize_rgb,
     transform_flow,
     transform_mmaps,
     transform_rgb,
@@ -108,7 +109,8 @@ def test_dataset_shares_one_draw_per_clip(tiny_root):
 
     idx = uniform_indices(v.num_frames, 4)
     expected = transform_rgb([read_rgb(v.rgb[k]) for k in idx], p, scale_size=64, input_size=64)
-    torch.testing.assert_close(item["rgb"], expected)
+    assert item["rgb"].dtype == torch.uint8  # the crop; normalize_rgb makes the model's input on the device
+    torch.testing.assert_close(normalize_rgb(item["rgb"]), expected, rtol=0, atol=0)
     assert ds[0]["rgb"].equal(item["rgb"])  # deterministic for (seed, epoch, video)
     draws = set()
     for epoch in range(6):  # a new epoch draws a new crop/flip

@@ -19,14 +19,17 @@ from .imageio import read_grey, read_mmap, read_rgb_many
 from .manifest import Manifest
 from .readers import block_of, reader_of
 from .sampling import centred_stack_starts, flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
-from .transforms import draw_code, draw_params, transform_flow, transform_mmaps, transform_rgb
+from .transforms import crop_rgb, draw_code, draw_params, transform_flow, transform_mmaps
 
 
 class ClipDataset(Dataset):
     """Clips of the videos ``indices`` of a manifest.
 
     Each item is a dict:
-        ``rgb``: (T, 3, S, S) float, ``flow``: (2L, S, S) float (or (K, 2L, S, S) for K test stacks),
+        ``rgb``: (T, 3, S, S) uint8, the cropped and flipped frames, not normalised: a quarter of the float clip's
+        bytes through the workers and to the device, where `fpar.data.transforms.normalize_batch` makes the model's
+        ImageNet-normalised float input (the trainer does it after the copy; do it before calling a model on an
+        item), ``flow``: (2L, S, S) float (or (K, 2L, S, S) for K test stacks),
         ``flow_seq``: (T, 2L, S, S) float, one stack of L flows centred on each of the T sampled RGB frames,
         ``mmaps``: (T, S, S) uint8 {0, 1}, ``label``: int, ``index``: int (video index in the manifest),
         ``static_idx``: int in [0, T) (the frame a static clip repeats),
@@ -99,7 +102,7 @@ class ClipDataset(Dataset):
             frames = self.frame_cache.frames(v, frame_idx) if self.frame_cache is not None else None
             if frames is None:
                 frames = _read_all(read_rgb_many, [v.rgb[k] for k in frame_idx], batch=True)
-            item["rgb"] = transform_rgb(frames, p, **kw)
+            item["rgb"] = crop_rgb(frames, p, **kw)  # (T, 3, S, S) uint8: normalised on the device (normalize_batch)
         if "mmaps" in self.modalities:
             item["mmaps"] = transform_mmaps(_read_all(read_mmap, [v.mmaps[k] for k in frame_idx]), p, **kw)
         if "flow" in self.modalities:

@@ -91,17 +91,42 @@ def apply_crop(img: np.ndarray, box: tuple[int, int, int, int], size: int, *, ne
     return crop
 
 
-def transform_rgb(frames: list[np.ndarray], p: CropParams, *, scale_size: int, input_size: int) -> torch.Tensor:
-    """List of (H, W, 3) uint8 -> (T, 3, S, S) float32, ImageNet-normalised."""
+def crop_rgb(frames: list[np.ndarray], p: CropParams, *, scale_size: int, input_size: int) -> torch.Tensor:
+    """List of (H, W, 3) uint8 -> (T, 3, S, S) uint8: the clip's crop, resize and flip, not yet normalised.
+
+    This is what `fpar.data.dataset.ClipDataset` returns: a quarter of the bytes of the float clip through the
+    DataLoader's workers and to the GPU, normalised there by `normalize_rgb` (`normalize_batch`)."""
     h, w = frames[0].shape[:2]
     box = crop_box(w, h, p, scale_size=scale_size, input_size=input_size)
     out = np.stack([apply_crop(f, box, input_size) for f in frames])  # (T, S, S, 3) uint8
     if p.flip:
         out = out[:, :, ::-1]
-    x = torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, S, S)
-    mean = torch.tensor(RGB_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(RGB_STD).view(1, 3, 1, 1)
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8 (a view)
+
+
+def normalize_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, S, S) uint8 -> float32 in ImageNet normalisation: (x / 255 - mean) / std, on x's device."""
+    x = x.float().div_(255.0)
+    mean = torch.tensor(RGB_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(RGB_STD, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def normalize_batch(batch: dict) -> dict:
+    """The batch with its uint8 ``rgb`` normalised (`normalize_rgb`); an ``rgb`` list (clips the feature cache
+    skipped are None) is normalised element by element. Anything else is returned as it is."""
+    rgb = batch.get("rgb")
+    if torch.is_tensor(rgb) and rgb.dtype == torch.uint8:
+        return {**batch, "rgb": normalize_rgb(rgb)}
+    if isinstance(rgb, list):
+        fixed = [normalize_rgb(r) if torch.is_tensor(r) and r.dtype == torch.uint8 else r for r in rgb]
+        return {**batch, "rgb": fixed}
+    return batch
+
+
+def transform_rgb(frames: list[np.ndarray], p: CropParams, *, scale_size: int, input_size: int) -> torch.Tensor:
+    """List of (H, W, 3) uint8 -> (T, 3, S, S) float32, ImageNet-normalised (`crop_rgb`, then `normalize_rgb`)."""
+    return normalize_rgb(crop_rgb(frames, p, scale_size=scale_size, input_size=input_size))
 
 
 def transform_flow(fx: list[np.ndarray], fy: list[np.ndarray], p: CropParams, *, scale_size: int, input_size: int):

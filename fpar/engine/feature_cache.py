@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.transforms import DRAWS
+from ..data.transforms import DRAWS, normalize_rgb
 from ..errors import FparError
 from ..registry import FeatureCachePlan
 from ..utils import sweep_stale_temporaries
@@ -135,7 +135,7 @@ class FeatureCache:
             except (OSError, ValueError):
                 shape = None
         if shape is None:
-            probe = train_ds[0]["rgb"][:1]
+            probe = normalize_rgb(train_ds[0]["rgb"][:1])
             was = model.training
             model.eval()
             with torch.no_grad():

@@ -31,7 +31,7 @@ from ..config import ExperimentConfig, save_config, to_dict
 from ..data.dataset import ClipDataset, collate_clips, make_splits
 from ..data.manifest import Manifest, Vocabulary
 from ..data.readers import read_dataset
-from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD
+from ..data.transforms import FLOW_MEAN, FLOW_STD, RGB_MEAN, RGB_STD, normalize_batch
 from ..errors import FparError
 from ..locks import FolderLock
 from ..models.backbone import ResNetTrunk
@@ -86,7 +86,11 @@ def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """The batch on ``device`` (non-blocking copies from pinned memory), its uint8 RGB clips normalised there."""
+    moved = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if isinstance(moved.get("rgb"), list):
+        moved["rgb"] = [r.to(device, non_blocking=True) if torch.is_tensor(r) else r for r in moved["rgb"]]
+    return normalize_batch(moved)
 
 
 def _git_commit() -> str | None:

@@ -14,17 +14,11 @@ import torch
 
 from ..data.sampling import uniform_indices
 from ..data.show import find_video
-from ..data.transforms import RGB_MEAN, RGB_STD
+from ..data.transforms import normalize_batch
 from ..drawing import BLACK, GREEN, RED, grey_tile, overlay, prediction_lines, stamp, title_row, wrapped_band
 from ..engine.run import OpenRun
 from ..errors import FparError
 from ..utils import atomic_write_bytes
-
-
-def _denorm(x: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(RGB_MEAN).view(3, 1, 1)
-    std = torch.tensor(RGB_STD).view(3, 1, 1)
-    return (255 * (x * std + mean)).clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
@@ -50,13 +44,13 @@ def cam_figure(
     if not ds.indices:  # the video lacks a training-only modality (motion maps): show what inference reads
         ds = run.dataset(manifest, [idx])
     item = ds[0]
-    batch = {k: v[None] for k, v in item.items() if torch.is_tensor(v)}
+    batch = normalize_batch({k: v[None] for k, v in item.items() if torch.is_tensor(v)})
     out_ = spec.forward(model.eval(), {k: v for k, v in batch.items() if k != "mmaps"}, False)
     extra = spec.aux_maps(model, _with_aux(spec, model, batch), batch, cfg) if spec.aux_maps is not None else {}
     s = cfg.data.input_size
     rec = manifest.videos[idx]
     numbers = uniform_indices(rec.num_frames, cfg.data.frames, method=cfg.data.sampling)  # the dataset's sampling
-    frames = [_denorm(f) for f in item["rgb"]]
+    frames = [np.ascontiguousarray(f.permute(1, 2, 0).numpy()) for f in item["rgb"]]  # (S, S, 3) uint8 crops
     cols = {"frame": [stamp(f, f"frame {k + 1}") for f, k in zip(frames, numbers)]}
     if out_.attn is not None:
         cols[f"{spec.name} attention"] = [overlay(f, a.numpy()) for f, a in zip(frames, out_.attn[0])]

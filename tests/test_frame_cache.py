@@ -89,6 +89,7 @@ def test_mp4_clips_cache_equals_decoding(tmp_path):
     cached = ClipDataset(manifest, usable, _with_cache(cfg, tmp_path / "fc"),
                          train=True)  # fmt: skip
     _same(_items(plain, 4), _items(cached, 4))
+    assert cached.frame_cache.misses == 0  # read from the cache, not decoded again
 
 
 def test_cli_builds_and_a_missing_cache_is_a_one_line_error(tiny_root, tmp_path, capsys):

@@ -7,10 +7,12 @@ would change the clips), as ``<key>.npy`` (N, H, W, 3) uint8 files that ``np.loa
 reading, so a clip's T frames cost T page-cache reads. Clips made from the cache equal the decoded clips exactly
 (tests/test_frame_cache.py).
 
-Each video's entry records where its frames came from (path, size and modification time of its first and last
-frame files, or of its video / tar file) and its frame count; a video whose sources changed since is read the
-normal way (and counted, so ``fpar data cache`` can be run again). Entries are written to a temporary name and
-renamed, so an interrupted build leaves whole entries only; building again skips the entries that are current.
+Each video's entry records where its frames came from (the decoders' versions, and the path, size and modification
+time of its first and last frame files, or of its video / tar file) and its frame count; a video whose sources
+changed since is read the normal way (and counted, so ``fpar data cache`` can be run again). A folder in which only
+middle frames were replaced is not noticed: build the cache again after editing frames. Entries are written to a
+temporary name and renamed, so an interrupted build leaves whole entries only; building again skips the entries
+that are current.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,9 @@ __all__ = ["FrameCache", "build_frame_cache"]
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
+MAX_OPEN = 16  # memory maps kept open per process
+INDEX_EVERY = 50  # entries written between index rewrites (and at the end)
 
 
 def _source_file(ref: str) -> str:
@@ -43,10 +49,14 @@ def _source_file(ref: str) -> str:
 
 
 def fingerprint(v: VideoRecord) -> list[Any]:
-    """What a video's cached frames depend on: its frame count and the (path, size, mtime_ns) of the files of its
-    first and last frames."""
+    """What a video's cached frames depend on: the decoders' versions (OpenCV, PyAV), the frame count and the
+    (path, size, mtime_ns) of the files of its first and last frames (for an MP4 clip or a tar, that one file
+    holds every frame; a folder whose middle frames alone were replaced goes unnoticed: build the cache again)."""
+    import av
+    import cv2
+
     files = sorted({_source_file(v.rgb[0]), _source_file(v.rgb[-1])})
-    out: list[Any] = [len(v.rgb)]
+    out: list[Any] = [cv2.__version__, av.__version__, len(v.rgb)]
     for f in files:
         try:
             st = os.stat(f)
@@ -82,7 +92,7 @@ class FrameCache:
         if meta.get("version") != VERSION:
             raise FparError(f"{index} is version {meta.get('version')}, this fpar reads {VERSION}; build it again")
         self.entries: dict[str, dict] = meta.get("videos", {})
-        self._maps: dict[str, np.ndarray] = {}
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()  # the last MAX_OPEN maps (each holds a file)
         self._checked: dict[str, bool] = {}
         self.misses = 0
 
@@ -94,6 +104,7 @@ class FrameCache:
     def _map(self, v: VideoRecord) -> np.ndarray | None:
         key = video_key(v)
         if key in self._maps:
+            self._maps.move_to_end(key)
             return self._maps[key]
         ok = self._checked.get(key)
         if ok is None:
@@ -108,6 +119,8 @@ class FrameCache:
             self._checked[key] = False
             return None
         self._maps[key] = arr
+        if len(self._maps) > MAX_OPEN:  # a map keeps its file open: bound them (ulimit -n, vm.max_map_count)
+            self._maps.popitem(last=False)
         return arr
 
     def frames(self, v: VideoRecord, indices: list[int]) -> list[np.ndarray] | None:
@@ -116,7 +129,7 @@ class FrameCache:
         if arr is None:
             self.misses += 1
             return None
-        return [arr[k] for k in indices]
+        return [np.array(arr[k]) for k in indices]  # copies: nothing refers to the map once it is closed
 
     def __contains__(self, v: VideoRecord) -> bool:
         return self._map(v) is not None
@@ -161,6 +174,7 @@ def build_frame_cache(
     chosen = videos if videos is not None else [i for i, v in enumerate(manifest.videos) if v.usable and v.rgb]
     it = progress(chosen, desc="frame cache", unit="video") if progress is not None else chosen
     written = current = 0
+    last_index = time.monotonic()
     for i in it:
         v = manifest.videos[i]
         key = video_key(v)
@@ -172,6 +186,17 @@ def build_frame_cache(
         h, w = first.shape[:2]
         tmp = root / f".{key}.{os.getpid()}.npy"
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(v.rgb), h, w, 3))
+        try:  # reserve the blocks now: a full disk is then ENOSPC here, not SIGBUS while the frames are written
+            with open(tmp, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(tmp))
+        except OSError as e:
+            del arr
+            tmp.unlink(missing_ok=True)
+            need = len(v.rgb) * h * w * 3 / 2**30
+            raise FparError(
+                f"cannot write the frame cache in {root} ({e.strerror}): {v.key} needs {need:.2f} GiB; free space "
+                "or give another --out"
+            ) from None
         step = 64  # frames decoded per read (one pass per video file for MP4 clips)
         for s in range(0, len(v.rgb), step):
             chunk = _read_all(read_rgb_many, v.rgb[s : s + step], batch=True)
@@ -189,7 +214,9 @@ def build_frame_cache(
         os.replace(tmp, root / f"{key}.npy")
         entries[key] = {"video": v.key, "frames": len(v.rgb), "shape": [h, w, 3], "fingerprint": fp}
         written += 1
-        _write_index(index_path, entries, manifest.root)  # after every video: an interruption loses at most one
+        if written % INDEX_EVERY == 0 or time.monotonic() - last_index > 30:  # an interruption loses a few entries
+            _write_index(index_path, entries, manifest.root)
+            last_index = time.monotonic()
     _write_index(index_path, entries, manifest.root)
     frames = sum(e["frames"] for e in entries.values())
     nbytes = sum(e["frames"] * int(np.prod(e["shape"])) for e in entries.values())
@@ -198,6 +225,7 @@ def build_frame_cache(
 
 
 def _write_index(path: Path, entries: dict[str, dict], dataset_root: str) -> None:
-    from ..utils import atomic_write_json
+    from ..utils import atomic_write_text
 
-    atomic_write_json(path, {"version": VERSION, "dataset": str(dataset_root), "videos": entries})
+    # compact: the index of EPIC-KITCHENS' 67k segments is rewritten every INDEX_EVERY entries
+    atomic_write_text(path, json.dumps({"version": VERSION, "dataset": str(dataset_root), "videos": entries}))

@@ -188,6 +188,21 @@ def data_show(
 # train / eval / config
 
 
+def _resume_defaults(config_yaml: Path) -> list[str]:
+    """Overrides that keep a run written by an older fpar as it ran: keys added since with a new default are set to
+    what that fpar did (``train.channels_last`` came in on by default; a run without the key ran without it)."""
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(config_yaml))
+    except Exception:  # noqa: BLE001 - load_config reports an unreadable file with its own message
+        return []
+    train_block = saved.get("train") if isinstance(saved, dict) else None
+    if isinstance(train_block, dict) and "channels_last" not in train_block:
+        return ["train.channels_last=false"]
+    return []
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     config: str | None = typer.Argument(None, help="YAML recipe, e.g. configs/ego_rnn_stage1.yaml"),
@@ -217,14 +232,22 @@ def train(
             if "=" not in config:
                 raise FparError(f"--resume takes the run's own config.yaml; drop {config!r} (only key=value overrides)")
             overrides = [config, *(overrides or [])]
-        allowed = ("train.epochs", "train.device", "train.progress", "data.num_workers", "data.root")
+        # what changes where or how fast a run goes, never its values
+        allowed = (
+            "train.epochs",
+            "train.device",
+            "train.progress",
+            "data.num_workers",
+            "data.root",
+            "data.frame_cache",
+        )
         bad = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in allowed]
         if bad:
             raise FparError(
                 f"--resume continues a run exactly as configured; {bad[0]!r} would change it (allowed: "
                 f"{', '.join(allowed)}); start a new run with init.from={run} instead"
             )
-        cfg = load_config(run / "config.yaml", overrides or [])
+        cfg = load_config(run / "config.yaml", [*_resume_defaults(run / "config.yaml"), *(overrides or [])])
     else:
         if config and "=" in config:
             overrides = [config, *(overrides or [])]

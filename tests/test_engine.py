@@ -176,3 +176,17 @@ def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
     cams = list((tmp_path / "d" / "runs" / "stage2" / "cam").glob("*.png"))
     assert len(cams) == 4 and all(p.stat().st_size > 1000 for p in cams)
     assert (tmp_path / "d" / "backbone.pt").is_file()
+
+
+def test_resume_keeps_an_older_run_without_channels_last_as_it_ran(tmp_path):
+    """A run whose saved config predates train.channels_last (default on now) resumes with it off, as it ran."""
+    from fpar.cli import _resume_defaults
+    from fpar.config import ExperimentConfig, save_config
+
+    new = tmp_path / "new.yaml"
+    save_config(ExperimentConfig(), new)
+    assert "channels_last" in new.read_text() and _resume_defaults(new) == []
+    old = tmp_path / "old.yaml"
+    old.write_text("".join(line for line in new.read_text().splitlines(True) if "channels_last" not in line))
+    assert _resume_defaults(old) == ["train.channels_last=false"]
+    assert load_config(old, _resume_defaults(old)).train.channels_last is False

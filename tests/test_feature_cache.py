@@ -144,3 +144,15 @@ def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
     os.utime(keep, (hour_ago, hour_ago))
     assert sweep_stale_temporaries(tmp_path, "v*/.*.tmp") == 1
     assert not old.exists() and new.exists() and keep.exists()
+
+
+def test_an_entry_damaged_after_loading_is_removed_so_the_next_run_recomputes_it(tiny_root, tmp_path):
+    cache = tmp_path / "cache"
+    first, _ = _run(tiny_root, tmp_path / "a", f"data.feature_cache={cache}", "train.epochs=1")
+    entries = sorted(cache.glob("*/v*/d*.npy"))
+    entries[0].write_bytes(b"")  # a crash mid-write left an empty file under the final name
+    with pytest.raises(FparError, match="is removed"):
+        _run(tiny_root, tmp_path / "b", f"data.feature_cache={cache}", "train.epochs=1")
+    assert not entries[0].exists()
+    again, _ = _run(tiny_root, tmp_path / "c", f"data.feature_cache={cache}", "train.epochs=1")
+    assert all(torch.equal(first[k], again[k]) for k in first)

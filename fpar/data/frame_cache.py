@@ -115,7 +115,7 @@ class FrameCache:
             return None
         try:
             arr = np.load(self.dir / f"{key}.npy", mmap_mode="r")  # (N, H, W, 3) uint8, not read yet
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             self._checked[key] = False
             return None
         self._maps[key] = arr
@@ -169,7 +169,7 @@ def build_frame_cache(
             old = json.loads(index_path.read_text())
             if old.get("version") == VERSION:
                 entries = old.get("videos", {})
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):
             entries = {}
     chosen = videos if videos is not None else [i for i, v in enumerate(manifest.videos) if v.usable and v.rgb]
     it = progress(chosen, desc="frame cache", unit="video") if progress is not None else chosen

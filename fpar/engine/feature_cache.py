@@ -53,6 +53,9 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
         "scale_size": d.scale_size,
         "dtype": d.feature_cache_dtype,
         "data": manifest.fingerprint(),
+        # the trunk's memory format and autocast change its float rounding (bit-identical warm = cold runs)
+        "channels_last": cfg.train.channels_last,
+        "amp": cfg.train.amp,
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:20]
@@ -132,7 +135,7 @@ class FeatureCache:
         if entry is not None:  # a filled cache: the shape of an entry, without decoding a clip
             try:
                 shape = tuple(np.load(entry, mmap_mode="r").shape)
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):
                 shape = None
         if shape is None:
             probe = normalize_rgb(train_ds[0]["rgb"][:1])
@@ -164,12 +167,13 @@ class FeatureCache:
                 try:
                     f = torch.from_numpy(np.load(path).astype(np.float32, copy=False))
                     self.hits += 1
-                except (OSError, ValueError):
+                except (OSError, ValueError, EOFError):
                     f = None  # a damaged entry is computed again
             if f is None and batch["rgb"][i] is None:  # the loader skipped decoding because the entry was there
+                path.unlink(missing_ok=True)  # a damaged entry: the next run computes it again
                 raise FparError(
-                    f"feature cache entry {path} was there when its clip was loaded and is gone or damaged now; "
-                    "do not clean the cache while a run uses it, and run again"
+                    f"feature cache entry {path} was there when its clip was loaded and is gone or damaged now (it "
+                    "is removed); do not clean the cache while a run uses it, and run again (or --resume)"
                 )
             if f is None:
                 with torch.no_grad():

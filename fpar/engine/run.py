@@ -89,7 +89,9 @@ class OpenRun:
     def dataset(self, manifest: Manifest, indices: list[int], *, with_train_inputs: bool = False) -> ClipDataset:
         """Test-transform clips of ``indices`` with the model's evaluation inputs (or its training ones)."""
         mods = modalities(self.cfg, train=with_train_inputs)
-        return ClipDataset(manifest, indices, self.cfg.data, modalities=mods, train=False, seed=self.cfg.seed)
+        data = copy.copy(self.cfg.data)
+        data.frame_cache = ""  # a run's frame cache may be gone; it changes no value, so the frames are decoded
+        return ClipDataset(manifest, indices, data, modalities=mods, train=False, seed=self.cfg.seed)
 
 
 def _differ(a: list[str], b: list[str]) -> str:

@@ -11,7 +11,7 @@ the warp flow (`fpar.video.flow.compensate_camera`: LK tracks + RANSAC homograph
 method) is timed on its own, as frames/s.
 
     python benchmarks/bench_flow.py [--size 320x240 456x256] [--batch 8] [--rounds 3] [--threads 2]
-        [--device cpu|cuda] [--json benchmarks/results/flow_cpu.json] [--picture docs/images/flow_methods.png]
+        [--device cpu|cuda] [--json benchmarks/results/flow_cpu.json] [--picture docs/img/flow_methods.png]
 """
 
 from __future__ import annotations

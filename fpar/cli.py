@@ -648,7 +648,8 @@ def _predict_windows(run: str, video: str, *, json_out: bool, **options) -> None
             f"{100 * s['score']:6.2f}%"
         )
     if len(r["segments"]) > MAX_SEGMENT_LINES:
-        typer.echo(f"  ... {len(r['segments']) - MAX_SEGMENT_LINES} more (all of them in --out)")
+        where = "all of them in --out" if r["files"].get("out") else "give --out FILE.json for all of them"
+        typer.echo(f"  ... {len(r['segments']) - MAX_SEGMENT_LINES} more ({where})")
     written = [p for p in r["files"].values() if p]
     if written:
         typer.echo(f"wrote {', '.join(written)}")

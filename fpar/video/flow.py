@@ -85,12 +85,11 @@ _TVL1_SETTINGS: dict[str, Any] = {"device": None, "batch": 8}  # see configure_t
 
 def configure_tvl1(*, device: str | None = None, batch: int | None = None) -> None:
     """Where and how many pairs at a time ``"tvl1-torch"`` solves from now on (this process): ``device`` ``"cuda"``,
-    ``"cpu"``, ... (None: CUDA when present), ``batch`` pairs per solve (8 by default). The flow does not depend on
-    either (tests/test_tvl1.py: batched = one at a time)."""
-    if device is not None:
-        _TVL1_SETTINGS["device"] = device
-    if batch is not None:
-        _TVL1_SETTINGS["batch"] = int(batch)
+    ``"cpu"``, ... (None: CUDA when present), ``batch`` pairs per solve (None: 8). Both are set on every call. The
+    flow does not depend on the batch (tests/test_tvl1.py: batched = one at a time); CPU and CUDA agree to float
+    rounding."""
+    _TVL1_SETTINGS["device"] = device
+    _TVL1_SETTINGS["batch"] = 8 if batch is None else int(batch)
 
 
 def _batcher():

@@ -360,6 +360,12 @@ def _caption(img: np.ndarray, text: str, right: str, score: float) -> None:
     base = int(band * 0.68)
     (rw, _), _ = cv2.getTextSize(right, font, scale, thick)
     cv2.putText(img, right, (w - rw - 6, base), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    room = w - rw - 18  # the class and score fit left of the time: smaller type, then cut with "..."
+    (tw, _), _ = cv2.getTextSize(text, font, scale, thick)
+    if tw > room:
+        scale = max(0.3, scale * room / tw)
+        while len(text) > 4 and cv2.getTextSize(text, font, scale, thick)[0][0] > room:
+            text = text[:-4] + "..."
     cv2.putText(img, text, (6, base), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     bar = max(2, band // 8)
     img[band - bar : band, : int(round(w * min(max(score, 0.0), 1.0)))] = (80, 220, 80)
@@ -626,7 +632,7 @@ def predict_long_video(
         fps: a video file is resampled to this frame rate first; a frame folder is taken at this rate (needed when
             a span is in seconds). None: the video stream's own rate.
         short_side: shorter side of the frames before the transform (default: the run's ``data.scale_size``).
-        flow_method: flow models: the estimator inside the on-the-fly warp flow (``dis``, ``tvl1``, ``farneback``).
+        flow_method: flow models: the estimator inside the on-the-fly warp flow (``dis``, ``tvl1``, ``tvl1-torch``, ``farneback``).
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ...
         out: a ``.json`` or ``.csv`` file for the results (the module docstring says what each holds).
         timeline: a ``.png`` for the timeline picture (default with ``out``: ``<out stem>.timeline.png`` beside it).

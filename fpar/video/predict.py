@@ -1,7 +1,8 @@
 """Predict the action of one raw video (a video file or a frame folder) with a trained run.
 
 The clip is built exactly as the test pipeline (:class:`fpar.data.dataset.ClipDataset` with ``train=False``) builds
-it from a prepared dataset, so a video gives the scores `fpar eval` would give it once prepared:
+it from a prepared dataset, so a video gives the scores `fpar eval` would give it once prepared (to float rounding:
+predict runs the model with its BatchNorms folded, `OpenRun.for_inference`):
 
 * frames are decoded (PyAV) or read (frame folder) and resized so that their shorter side is ``short_side``, the
   run's ``data.scale_size`` by default, as ``fpar prepare --short-side`` does (a prepared frame folder at that size is

@@ -355,10 +355,6 @@ def _replace_dir(src: Path, dest: Path, trash: Path) -> None:
     os.replace(src, dest)
 
 
-# Settings that change how fast a video is prepared, not what is written: kept out of the manifest's record, so
-# changing them does not prepare anything again (tvl1-torch gives the same flow whatever the batch).
-RUNTIME_SETTINGS = ("flow_batch", "flow_device")
-
 _on_frame: Any = None  # called with 1 per frame written: the progress counter (a worker's shared Value or the bar)
 
 
@@ -580,9 +576,12 @@ def _estimate_frames(job: Job, fps: float | None) -> int | None:
             return len(tar_numbers(job.source)[0])
         if Path(job.source).is_dir():
             return len(list_frame_files(job.source))
-        from fpar.data.frames import probe_video
+        from fpar.video.io import video_info
 
-        frames, native = probe_video(job.source)
+        info = video_info(job.source)  # the container's count: no decoding (an estimate for some files)
+        frames, native = info["frames"], info["fps"]
+        if not frames or not native:
+            return None
         rate = fps or native
         if job.start is not None or job.end is not None:
             start = job.start or 0.0
@@ -677,6 +676,8 @@ def prepare(
         raise FparError(f"workers={workers} must be >= 1")
     if flow_batch is not None and int(flow_batch) < 1:
         raise FparError(f"flow_batch={flow_batch} must be >= 1")
+    if flow_method != "tvl1-torch" and (flow_batch is not None or flow_device is not None):
+        raise FparError(f"--flow-batch and --flow-device apply to --flow tvl1-torch only, not --flow {flow_method}")
     if flow_method == "tvl1-torch":
         from fpar.video.tvl1 import flow_device as _device
 
@@ -728,6 +729,8 @@ def prepare(
         if note:
             log.warning("prepare: %s", note)
             notes.append(note)
+    # How fast a video is prepared, not what is written: kept out of the manifest's record (settings), so changing
+    # them prepares nothing again (tvl1-torch's flow does not depend on the batch; CPU and CUDA agree to rounding).
     runtime = {"flow_batch": flow_batch, "flow_device": flow_device}
     t_start = time.perf_counter()
     summary: dict[str, Any] = {

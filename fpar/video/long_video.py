@@ -632,7 +632,8 @@ def predict_long_video(
         fps: a video file is resampled to this frame rate first; a frame folder is taken at this rate (needed when
             a span is in seconds). None: the video stream's own rate.
         short_side: shorter side of the frames before the transform (default: the run's ``data.scale_size``).
-        flow_method: flow models: the estimator inside the on-the-fly warp flow (``dis``, ``tvl1``, ``tvl1-torch``, ``farneback``).
+        flow_method: flow models: the estimator inside the on-the-fly warp flow (``dis``, ``tvl1``, ``tvl1-torch``,
+            ``farneback``).
         device: ``auto`` (CUDA when there is one), ``cpu``, ``cuda``, ...
         out: a ``.json`` or ``.csv`` file for the results (the module docstring says what each holds).
         timeline: a ``.png`` for the timeline picture (default with ``out``: ``<out stem>.timeline.png`` beside it).

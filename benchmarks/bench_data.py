@@ -8,8 +8,9 @@ videos, in alternating rounds (medians), clips per second of:
 
 * ``pil_loop`` (the baseline): per frame, PIL open + resize to the short side + crop + to-tensor + normalise, in the
   main process, one clip after the other;
-* the training loader (decode + one shared crop/flip + normalise) for RGB only, with 0 and 2 worker processes, and
-  for RGB + flow + motion maps;
+* the training loader (decode + one shared crop/flip; the uint8 clips are normalised on the device after the copy)
+  for RGB only, with 0 and 2 worker processes, and for RGB + flow + motion maps; ``*_normalised_on_cpu`` adds that
+  normalisation in the main process, as a CPU-only run does it;
 * the same RGB loader reading a decoded-frame cache (`fpar data cache`, built here under --root first).
 
 The ratio column is against the baseline of the same run.
@@ -33,9 +34,10 @@ from fpar.data.dataset import ClipDataset
 from fpar.data.frame_cache import build_frame_cache
 from fpar.data.layout import discover
 from fpar.data.synth import synthesize
+from fpar.data.transforms import normalize_batch
 
 
-def measure(ds, workers: int, batch: int, batches: int) -> float:
+def measure(ds, workers: int, batch: int, batches: int, normalise: bool = False) -> float:
     """Clips per second of ``batches`` training batches after a warm-up batch (the loader restarts at its end)."""
     loader = DataLoader(
         ds, batch_size=batch, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(0)
@@ -50,6 +52,8 @@ def measure(ds, workers: int, batch: int, batches: int) -> float:
         except StopIteration:
             it = iter(loader)
             b = next(it)
+        if normalise:  # what the trainer does after the copy (on the device; here the main process's CPU)
+            normalize_batch(b)
         n += b["label"].shape[0]
     return n / (time.perf_counter() - t)
 
@@ -108,8 +112,14 @@ def main() -> None:
         "pil_loop": lambda: pil_loop(m, train, a.frames, a.size, cfg.scale_size, n),
         "rgb_w0": lambda: measure(ClipDataset(m, train, cfg, train=True), 0, a.batch, a.batches),
         "rgb_w2": lambda: measure(ClipDataset(m, train, cfg, train=True), 2, a.batch, a.batches),
+        "rgb_w2_normalised_on_cpu": lambda: measure(
+            ClipDataset(m, train, cfg, train=True), 2, a.batch, a.batches, True
+        ),
         "rgb_cache_w0": lambda: measure(ClipDataset(m, train, cached_cfg, train=True), 0, a.batch, a.batches),
         "rgb_cache_w2": lambda: measure(ClipDataset(m, train, cached_cfg, train=True), 2, a.batch, a.batches),
+        "rgb_cache_w0_normalised_on_cpu": lambda: measure(
+            ClipDataset(m, train, cached_cfg, train=True), 0, a.batch, a.batches, True
+        ),
         "rgb+flow+mmaps_w2": lambda: measure(
             ClipDataset(m, train, cfg, modalities=("rgb", "flow", "mmaps"), train=True), 2, a.batch, a.batches
         ),

@@ -129,7 +129,8 @@ class FrameCache:
         if arr is None:
             self.misses += 1
             return None
-        return [np.array(arr[k]) for k in indices]  # copies: nothing refers to the map once it is closed
+        # views: a view keeps its map (and file) alive until the clip is cropped, so the LRU bounds the open files
+        return [arr[k] for k in indices]
 
     def __contains__(self, v: VideoRecord) -> bool:
         return self._map(v) is not None

@@ -444,7 +444,8 @@ def _render(
                     k = int(np.abs(np.asarray(sampled) - f).argmin())
                     x0, y0, x1, y1 = box
                     img[y0:y1, x0:x1] = overlay(img[y0:y1, x0:x1], maps[k].astype(np.float32))
-                _caption(img, classes[c], f"{f / fps:.1f} s", float(mean[i, c]))
+                score = float(mean[i, c])
+                _caption(img, f"{classes[c]} {100 * score:.0f}%", f"{f / fps:.1f} s", score)
                 for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     container.mux(packet)
                 written += 1

@@ -190,7 +190,8 @@ def data_show(
 
 def _resume_defaults(config_yaml: Path) -> list[str]:
     """Overrides that keep a run written by an older fpar as it ran: keys added since with a new default are set to
-    what that fpar did (``train.channels_last`` came in on by default; a run without the key ran without it)."""
+    what that fpar did (``train.channels_last`` and ``train.flush_denormal`` came in on by default; a run without
+    the key ran without it)."""
     from omegaconf import OmegaConf
 
     try:
@@ -198,9 +199,9 @@ def _resume_defaults(config_yaml: Path) -> list[str]:
     except Exception:  # noqa: BLE001 - load_config reports an unreadable file with its own message
         return []
     train_block = saved.get("train") if isinstance(saved, dict) else None
-    if isinstance(train_block, dict) and "channels_last" not in train_block:
-        return ["train.channels_last=false"]
-    return []
+    if not isinstance(train_block, dict):
+        return []
+    return [f"train.{key}=false" for key in ("channels_last", "flush_denormal") if key not in train_block]
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

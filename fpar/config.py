@@ -182,6 +182,11 @@ class TrainConfig:
     # a stage-2 step 1.57x at 112 px, 1.03x at 224 px on a 2-core CPU (benchmarks/bench_stage2.py). Same values up to
     # float rounding.
     channels_last: bool = True
+    # Denormal floats (below 1.18e-38) read and written as zero on the CPU while training (FTZ/DAZ, as GPU kernels
+    # mostly do), on every thread of torch's pool (fpar.utils.flush_denormal): the ConvLSTM's backward over T frames
+    # reaches such magnitudes, and x86 computes on them through a slow path (a demo stage-1 epoch 23 s -> 15 s on 2
+    # cores, its backward 4.4x faster). Larger values are computed as before.
+    flush_denormal: bool = True
 
 
 @dataclass

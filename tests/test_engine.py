@@ -179,14 +179,42 @@ def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
 
 
 def test_resume_keeps_an_older_run_without_channels_last_as_it_ran(tmp_path):
-    """A run whose saved config predates train.channels_last (default on now) resumes with it off, as it ran."""
+    """A run whose saved config predates train.channels_last / train.flush_denormal (default on now) resumes with
+    them off, as it ran."""
     from fpar.cli import _resume_defaults
     from fpar.config import ExperimentConfig, save_config
 
     new = tmp_path / "new.yaml"
     save_config(ExperimentConfig(), new)
-    assert "channels_last" in new.read_text() and _resume_defaults(new) == []
+    text = new.read_text()
+    assert "channels_last" in text and "flush_denormal" in text and _resume_defaults(new) == []
     old = tmp_path / "old.yaml"
-    old.write_text("".join(line for line in new.read_text().splitlines(True) if "channels_last" not in line))
-    assert _resume_defaults(old) == ["train.channels_last=false"]
-    assert load_config(old, _resume_defaults(old)).train.channels_last is False
+    old.write_text(
+        "".join(line for line in text.splitlines(True) if "channels_last" not in line and "flush_" not in line)
+    )
+    assert _resume_defaults(old) == ["train.channels_last=false", "train.flush_denormal=false"]
+    cfg = load_config(old, _resume_defaults(old))
+    assert cfg.train.channels_last is False and cfg.train.flush_denormal is False
+    newer = tmp_path / "newer.yaml"  # written by the fpar that had channels_last but not flush_denormal
+    newer.write_text("".join(line for line in text.splitlines(True) if "flush_denormal" not in line))
+    assert _resume_defaults(newer) == ["train.flush_denormal=false"]
+
+
+def test_flush_denormal_is_on_while_training_and_restored_after(tmp_path, monkeypatch):
+    """train.flush_denormal: denormal float32 values read as zero inside train(), the previous mode after it."""
+    from fpar.engine import trainer
+    from fpar.utils import denormals_flushed_now, flush_denormal
+
+    tiny = torch.tensor([1e-39], dtype=torch.float64).float()
+    assert not denormals_flushed_now() and (tiny * 1.0).item() > 0  # the process default: IEEE denormals
+    with flush_denormal(True):
+        assert denormals_flushed_now() and (torch.tensor([3e-39]) * 2.0).item() == 0.0
+        assert (torch.tensor([2e-38]) * 0.5).item() == pytest.approx(1e-38, rel=1e-6)  # normal values as before
+    assert not denormals_flushed_now()
+
+    seen = []
+    monkeypatch.setattr(trainer, "_train_locked", lambda *a, **k: seen.append(denormals_flushed_now()) or {})
+    for on in (True, False):
+        cfg = load_config(None, [f"out={tmp_path / str(on)}", f"train.flush_denormal={str(on).lower()}"])
+        trainer.train(cfg, log=lambda m: None)
+    assert seen == [True, False] and not denormals_flushed_now()

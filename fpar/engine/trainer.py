@@ -36,10 +36,25 @@ from ..errors import FparError
 from ..locks import FolderLock
 from ..models.backbone import ResNetTrunk
 from ..models.heads import total_loss
-from ..utils import atomic_write_json, atomic_write_text, fault, remove_leftover_temps, seed_everything
+from ..utils import (
+    atomic_write_json,
+    atomic_write_text,
+    fault,
+    flush_denormal,
+    keep_freed_memory,
+    remove_leftover_temps,
+    seed_everything,
+)
 from ..version import __version__
 from . import distributed
-from .build import build_model, forward_batch, modalities, resolve_trainable, spec_of, to_channels_last
+from .build import (
+    build_model,
+    forward_batch,
+    modalities,
+    resolve_trainable,
+    spec_of,
+    to_channels_last,
+)
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, group_masks
@@ -451,11 +466,12 @@ def train(
     progress = cfg.train.progress if progress is None else progress
     progress = progress and sys.stderr.isatty()  # bars only on a terminal; a log file gets one line per epoch
     run = Path(resume) if resume else run_dir_for(cfg)
-    if distributed.launched():  # torchrun: rank 0 owns the folder, every rank trains (engine/distributed.py)
-        return _train_distributed(cfg, run, resume, progress, log)
-    _make_run_folder(run)
-    with FolderLock(run, what=f"fpar train {cfg.name}") as lock:
-        return _train_locked(cfg, run, resume, lock, progress, log)
+    with flush_denormal(cfg.train.flush_denormal):
+        if distributed.launched():  # torchrun: rank 0 owns the folder, every rank trains (engine/distributed.py)
+            return _train_distributed(cfg, run, resume, progress, log)
+        _make_run_folder(run)
+        with FolderLock(run, what=f"fpar train {cfg.name}") as lock:
+            return _train_locked(cfg, run, resume, lock, progress, log)
 
 
 def _make_run_folder(run: Path) -> None:
@@ -536,6 +552,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     device = pick_device(cfg.train.device)
     if d.backend == "nccl":
         device = torch.device("cuda", d.local_rank)
+    if device.type == "cpu":
+        keep_freed_memory()  # activations reuse freed blocks instead of fresh zeroed pages every step
     manifest, splits, train_ds, select_ds, test_ds = prepare(cfg)
     classes = manifest.classes
     vocab = manifest.vocab

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fpar.models.layers.rep_flow import image_gradient, tvl1_iteration
+from fpar.utils import keep_freed_memory
 
 __all__ = ["TVL1Params", "tvl1_torch", "median_filter", "pyramid_sizes", "flow_device", "TVL1Batcher"]
 
@@ -284,7 +285,7 @@ class TVL1Batcher:
         self.device = flow_device(device)
         self.batch = int(batch)
         if self.device.type == "cpu":
-            _keep_freed_memory()
+            keep_freed_memory()
         self.params = params
         self.stats: dict = {"iterations": 0}
 
@@ -306,28 +307,3 @@ class TVL1Batcher:
                 for j, k in enumerate(chunk):
                     out[k] = np.ascontiguousarray(flow[j])
         return out  # type: ignore[return-value]
-
-
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed blocks of up to 256 MB for reuse (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
-
-    The solver's eager iteration allocates a few dozen image-sized tensors per step; by default glibc serves each
-    one with a fresh mmap and returns it on free, so every step pays page faults for all of them. Keeping the
-    blocks makes tvl1-torch 20-30% faster on the CPU (benchmarks/bench_flow.py). Once per process; a no-op where
-    the C library is not glibc."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-        libc.mallopt(m_mmap_threshold, 256 * 2**20)
-        libc.mallopt(m_trim_threshold, 256 * 2**20)
-    except (OSError, AttributeError):
-        pass

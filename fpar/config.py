@@ -187,6 +187,10 @@ class TrainConfig:
     # reaches such magnitudes, and x86 computes on them through a slow path (a demo stage-1 epoch 23 s -> 15 s on 2
     # cores, its backward 4.4x faster). Larger values are computed as before.
     flush_denormal: bool = True
+    # torch.compile (inductor) of the model's hot submodules (its spec's ``compile``: Ego-RNN's trunk and ConvLSTM
+    # cell), in place: same parameter names and checkpoints. The first steps of each shape are slower (compiling;
+    # minutes on CPU); values equal eager mode up to float rounding. CPU needs a C++ compiler (g++).
+    compile: bool = False
 
 
 @dataclass

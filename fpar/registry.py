@@ -116,6 +116,9 @@ class ModelSpec:
         defaults: the recipe that trains it (``configs/...``), for documentation.
         stages: named ``train.trainable`` pattern lists; the first is used when a config leaves it empty.
         optional_weights: state-dict prefixes a checkpoint of the family may lack (its training-only heads).
+        compile: the submodules (dotted names) ``train.compile=true`` compiles with ``torch.compile``, where the time
+            goes (Ego-RNN: its trunk and its ConvLSTM cell, so that the feature-cache path gains too); empty: the
+            whole model.
     """
 
     name: str
@@ -136,6 +139,7 @@ class ModelSpec:
     optional_weights: tuple[str, ...] = ()  # state-dict prefixes a checkpoint may lack (heads added after it)
     factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
     feature_cache: FeatureCachePlan | None = None  # its frozen prefix can be cached (stage 1)
+    compile: tuple[str, ...] = ()  # train.compile: these submodules (empty: the whole model)
 
 
 @dataclass(frozen=True)

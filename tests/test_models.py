@@ -1,6 +1,7 @@
 """Model variants: shapes, gradients of trainable vs frozen parameters, heads, losses, discriminator, fusion."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -332,3 +333,52 @@ def test_channels_last_step_equals_the_default_layout():
             if p.grad is not None:
                 scale = float(p.grad.abs().max())  # float rounding, relative to the gradient's size
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+
+
+def test_every_spec_names_compile_targets_its_model_has():
+    """ModelSpec.compile names submodules (train.compile); a misspelt one would only show up on a long run."""
+    from fpar.registry import model_specs
+
+    model = tiny_ego()
+    for name in model_specs()["ego_rnn"].compile:
+        assert isinstance(model.get_submodule(name), torch.nn.Module)
+    from tests.test_lsta import tiny_lsta
+
+    lsta = tiny_lsta()
+    for name in model_specs()["lsta"].compile:
+        assert isinstance(lsta.get_submodule(name), torch.nn.Module)
+
+
+def test_compile_without_a_compiler_is_one_line(monkeypatch):
+    from fpar.engine.build import compile_model
+    from fpar.registry import model_specs
+
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(FparError, match="needs a C[+][+] compiler .no-such-c[+][+]-compiler not found"):
+        compile_model(tiny_ego(), model_specs()["ego_rnn"])
+
+
+def test_compiled_step_equals_eager():
+    """train.compile: the ConvLSTM cell compiled by inductor gives the eager loss and gradients to float rounding,
+    and its parameter names (checkpoints) are unchanged."""
+    from fpar.engine.build import compile_model
+
+    model = tiny_ego()
+    apply_trainable(model, STAGE2)
+    set_train_mode(model, [])
+    fast = copy.deepcopy(model)
+    only_the_cell = SimpleNamespace(name="ego_rnn", compile=("lstm",))  # the trunk would compile for minutes here
+    assert compile_model(fast, only_the_cell) == ["lstm"]
+    assert [n for n, _ in fast.named_parameters()] == [n for n, _ in model.named_parameters()]
+    x, y = torch.randn(2, 3, 3, S, S), torch.tensor([1, 3])
+    losses = []
+    for m in (model, fast):
+        torch.manual_seed(1)
+        loss = F.cross_entropy(m(x).logits, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            scale = float(p.grad.abs().max())
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from typing import Any
 
 import torch
@@ -95,3 +97,28 @@ def to_channels_last(model: nn.Module) -> nn.Module:
             if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
                 t.data = t.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+def compile_model(model: nn.Module, spec) -> list[str]:
+    """``train.compile``: ``torch.compile`` the submodules ``spec.compile`` names (the whole model when it names
+    none) in place, with ``nn.Module.compile``: parameter names, state dicts and checkpoints stay as they are.
+    Returns the names compiled ("" for the whole model). Raises FparError where it cannot run."""
+    if not hasattr(nn.Module, "compile"):
+        raise FparError(f"train.compile=true needs torch >= 2.2 (nn.Module.compile); this is {torch.__version__}")
+    if not any(p.is_cuda for p in model.parameters()):  # inductor writes C++ for the CPU
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            raise FparError(
+                f"train.compile=true on the CPU needs a C++ compiler ({cxx} not found): install g++ "
+                "(apt-get install g++) or set train.compile=false"
+            )
+    names = list(spec.compile) or [""]
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise FparError(
+                f"train.compile: the {spec.name} model has no submodule {name!r} (named in its spec's compile)"
+            ) from None
+        module.compile()
+    return names

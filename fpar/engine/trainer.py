@@ -49,6 +49,7 @@ from ..version import __version__
 from . import distributed
 from .build import (
     build_model,
+    compile_model,
     forward_batch,
     modalities,
     resolve_trainable,
@@ -575,6 +576,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     model.to(device)
     if cfg.train.channels_last:
         to_channels_last(model)
+    if cfg.train.compile:
+        compile_model(model, spec_of(cfg))
     optimizer = make_optimizer(model, cfg)
 
     history: list[dict] = []

@@ -462,6 +462,7 @@ SPEC = register_model_spec(
                 r"^backbone\.fc\.weight$",
             ),
         },
+        compile=("backbone", "lstm"),  # the per-frame trunk and the ConvLSTM cell (used by the cached path too)
         description="Ego-RNN: ResNet + CAM attention + ConvLSTM; MS branch, static-dynamic discriminator, rep-flow",
         defaults="configs/ego_rnn_stage1.yaml, configs/ego_rnn_stage2.yaml",
     )

@@ -446,6 +446,7 @@ register_model_spec(
         export=_export_rgb,
         attention=lambda model: None,
         stages={"stage1": tuple(STAGE1), "stage2": tuple(STAGE2)},
+        compile=("backbone", "cell"),
         description="LSTA: CAM prior + attention recurrence + memory with output pooling (RGB)",
         defaults="configs/lsta_stage1.yaml, configs/lsta_stage2.yaml",
     )
@@ -459,6 +460,7 @@ register_model_spec(
         config=LSTAFlowConfig,
         export_refusal=_refuse,
         attention=lambda model: "it is a flow stream: it has no attention map",
+        compile=("backbone", "lstm"),
         description="LSTA's flow stream: flow ResNet on a stack per RGB frame + ConvLSTM (recurrent)",
         defaults="configs/lsta_flow.yaml",
     )
@@ -478,6 +480,7 @@ register_model_spec(
         export_refusal=_refuse,
         attention=lambda model: None,
         stages={"joint": TWO_STREAM},
+        compile=("rgb.backbone", "flow.backbone", "rgb.cell", "flow.lstm"),
         description="LSTA two-stream: cross-modal fusion of the RGB cell and the flow ConvLSTM at every step",
         defaults="configs/lsta_two_stream.yaml",
     )

@@ -1,7 +1,11 @@
 """Stage-1 training speed (frozen trunk), through fpar's trainer, against the original code's way, in one run.
 
-    python benchmarks/bench_stage1.py [--preset tiny] [--frames 7] [--size 112] [--epochs 4] [--rounds 3]
-                                      [--batch 8] [--threads 2] [--json benchmarks/results/stage1.json]
+    python benchmarks/bench_stage1.py [--preset tiny] [--classes 0] [--frames 7] [--size 112] [--epochs 4]
+                                      [--rounds 3] [--batch 8] [--threads 2] [--baseline-ieee]
+                                      [--json benchmarks/results/stage1.json]
+
+The issue's setting: ``--preset full --classes 4 --frames 16 --size 224 --epochs 10 --rounds 2`` (the `full`
+preset's 455x256 frames, its first 4 classes, one video per class and subject: 12 training and 4 test videos).
 
 Four ways to train the same stage 1 (ResNet-34 trunk frozen, ConvLSTM 512 + classifier trained, Adam) for
 ``--epochs`` epochs on the same synthetic clips, each evaluated every epoch, in alternating rounds (medians):
@@ -14,8 +18,11 @@ Four ways to train the same stage 1 (ResNet-34 trunk frozen, ConvLSTM 512 + clas
 * ``cache_warm``: the trainer with that cache already full.
 
 Figures are training images per second (clips x frames x epochs / wall time of the whole schedule, evaluation
-included). The projection for the paper's 200-epoch stage 1 uses the measured per-clip cost of a hit and of a
-miss and the expected number of distinct draws of a video in 200 epochs (40 draws: 40 (1 - (39/40)^200) misses).
+included). The baseline runs with denormal floats flushed to zero, as fpar trains (``train.flush_denormal``), so
+that the ratios show the structural levers; ``--baseline-ieee`` runs it with the CPU's default IEEE denormals
+instead, as the 2018 code ran. The projection for the paper's 200-epoch stage 1 uses the measured per-clip cost of
+a hit and of a miss and the expected number of distinct draws of a video in 200 epochs (40 draws:
+40 (1 - (39/40)^200) misses).
 """
 
 from __future__ import annotations
@@ -35,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpar.config import load_config, set_value
-from fpar.data.synth import synthesize
+from fpar.data.synth import PRESETS, Preset, synthesize
 from fpar.data.transforms import normalize_rgb
 from fpar.engine.build import build_model
 from fpar.engine.trainer import make_loader, prepare, train
 from fpar.models.layers.attention import cam_attention
 from fpar.models.layers.conv_lstm import ConvLSTMCell
+from fpar.utils import flush_denormal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
@@ -49,8 +57,13 @@ STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
 DRAWS = 40
 
 
-def baseline_schedule(cfg, epochs: int) -> float:
+def baseline_schedule(cfg, epochs: int, ftz: bool) -> float:
     """Train + evaluate the original way; returns seconds."""
+    with flush_denormal(ftz):
+        return _baseline_schedule(cfg, epochs)
+
+
+def _baseline_schedule(cfg, epochs: int) -> float:
     manifest, _, train_ds, select_ds, _ = prepare(cfg)
     model, _ = build_model(cfg, manifest.vocab)
     trunk = model.backbone
@@ -101,6 +114,8 @@ def trainer_schedule(cfg, out: Path, cache: Path | None) -> tuple[float, list[fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--classes", type=int, default=0, help="first K classes of the preset, one video each (0: all)")
+    ap.add_argument("--baseline-ieee", action="store_true", help="baseline with IEEE denormals (the 2018 code's way)")
     ap.add_argument("--data", default=None, help="dataset root (default: a synthetic --preset)")
     ap.add_argument("--frames", type=int, default=7)
     ap.add_argument("--size", type=int, default=112)
@@ -114,8 +129,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fpar-bench-stage1-"))
     try:
         root = Path(a.data) if a.data else work / "data"
+        preset = a.preset
+        if a.classes:  # a subset of the preset: its frame size and lengths, fewer videos
+            base = PRESETS[a.preset]
+            preset = f"{a.preset}-{a.classes}-classes"
+            PRESETS[preset] = Preset(
+                base.width, base.height, base.classes[: a.classes], {s: 1 for s in base.videos}, base.frames
+            )
         if not a.data:
-            synthesize(root, preset=a.preset, seed=0)
+            synthesize(root, preset=preset, seed=0)
         cfg = load_config(
             STAGE1,
             [
@@ -135,7 +157,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in ("baseline", "fpar", "cache_cold", "cache_warm")}
         hit_rates: list[float] = []
         for r in range(a.rounds):  # alternating: every way once per round
-            times["baseline"].append(baseline_schedule(cfg, a.epochs))
+            times["baseline"].append(baseline_schedule(cfg, a.epochs, ftz=not a.baseline_ieee))
             times["fpar"].append(trainer_schedule(cfg, work / f"fpar{r}", None)[0])
             cache = work / f"cache{r}"
             dt, _ = trainer_schedule(cfg, work / f"cold{r}", cache)
@@ -155,7 +177,8 @@ def main() -> None:
         proj_cache = misses * per_clip_miss + (200 - misses) * per_clip_warm
         proj_base = 200 * per_clip_base
         result = {
-            "preset": a.preset if not a.data else str(root),
+            "preset": preset if not a.data else str(root),
+            "baseline_denormals": "ieee" if a.baseline_ieee else "flushed",
             "train_videos": len(train_ds),
             "test_videos": len(select_ds),
             "frames": a.frames,

@@ -1,7 +1,7 @@
 """Stage-2 training step speed (layer4 + ConvLSTM + classifier trained), fpar against the original code's way.
 
     python benchmarks/bench_stage2.py [--frames 16] [--size 224] [--batch 4] [--rounds 3] [--threads 2]
-                                      [--json benchmarks/results/stage2.json]
+                                      [--compile] [--json benchmarks/results/stage2.json]
 
 One Adam step (forward, cross-entropy, backward, update) on the same random clips, in alternating rounds (medians),
 with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
@@ -10,7 +10,11 @@ with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
   with ``requires_grad=False``), CAM per frame, the ConvLSTM as eight separate convolutions;
 * ``fpar_nchw``: fpar's model (all frames of the batch through the trunk at once, per-gate ConvLSTM) in the
   default memory format;
-* ``fpar``: the same with ``train.channels_last`` (the trainer's default): conv weights in channels_last.
+* ``fpar``: the same with ``train.channels_last`` (the trainer's default): conv weights in channels_last;
+* ``fpar_compiled`` (``--compile``): that, with ``train.compile`` (the trunk and the ConvLSTM cell compiled by
+  inductor; the compilation is in the warm-up, not timed).
+
+Every way runs with denormals flushed to zero, as the trainer runs (``train.flush_denormal``).
 
 The frozen prefix (stem to layer3) keeps no graph in either fpar variant: nothing in it requires grad, so autograd
 records nothing there (tests/test_models.py::test_frozen_trunk_keeps_no_graph). Figures are clips per second.
@@ -30,9 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from fpar import create_model
-from fpar.engine.build import to_channels_last
+from fpar.engine.build import compile_model, to_channels_last
 from fpar.engine.stages import apply_trainable, set_train_mode
 from fpar.models.layers.attention import cam_attention
+from fpar.registry import model_spec
+from fpar.utils import flush_denormal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
@@ -47,8 +53,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also fpar with train.compile")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    with flush_denormal(True):
+        run(a)
+
+
+def run(a) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = create_model("ego_rnn", num_classes=61, pretrained=None, input_size=a.size)
@@ -91,8 +103,13 @@ def main() -> None:
         "fpar_nchw": stepper(nchw.parameters(), lambda: nchw(x).logits),
         "fpar": stepper(nhwc.parameters(), lambda: nhwc(x).logits),
     }
+    if a.compile:
+        compiled = to_channels_last(copy.deepcopy(model))
+        compile_model(compiled, model_spec("ego_rnn"))
+        cases["fpar_compiled"] = stepper(compiled.parameters(), lambda: compiled(x).logits)
     for fn in cases.values():
-        fn()  # warm-up (and Adam state)
+        fn()  # warm-up (and Adam state; compilation)
+        fn()
     times: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(a.rounds):
         for name, fn in cases.items() if r % 2 == 0 else list(cases.items())[::-1]:
@@ -109,7 +126,10 @@ def main() -> None:
         "clips_per_s": {k: round(v, 3) for k, v in rate.items()},
         "fpar_vs_baseline": round(rate["fpar"] / rate["baseline"], 2),
         "fpar_nchw_vs_baseline": round(rate["fpar_nchw"] / rate["baseline"], 2),
+        "denormals": "flushed",
     }
+    if a.compile:
+        out["fpar_compiled_vs_baseline"] = round(rate["fpar_compiled"] / rate["baseline"], 2)
     text = json.dumps(out, indent=2)
     print(text)
     if a.json:

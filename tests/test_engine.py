@@ -152,16 +152,40 @@ def test_resume_after_the_last_epoch_only_writes_the_summary(tiny_overrides, tmp
 REFERENCE = Path(__file__).parent / "data" / "demo_quick_reference.json"
 
 
+def cpu_signature() -> str:
+    """The CPU model and a hash of its feature flags: oneDNN picks its kernels (and so the float rounding) by them."""
+    import hashlib
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "")
+    flags = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("flags")), "")
+    return f"{model} / flags {hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+
+
 def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
-    """`fpar demo --quick` in a fresh process (one thread) gives exactly the recorded metrics: every loss and accuracy
-    of every epoch, to the last bit. Recorded with fpar 0.1.0; recorded again (``recorded_with``) only for deliberate
-    changes of the arithmetic (the per-gate ConvLSTM convolutions moved the losses by float rounding)."""
+    """`fpar demo --quick` in a fresh process (one thread) gives the recorded metrics: on the CPU that recorded them
+    (``recorded_with.cpu``), every loss and accuracy of every epoch to the last bit; on another CPU, whose oneDNN
+    kernels round differently, every accuracy exactly and every loss to 1e-3 (relative; 2e-4 seen). Recorded again
+    only for deliberate changes of the arithmetic (the per-gate ConvLSTM convolutions) or on a new CPU."""
     import subprocess
     import sys
 
     ref = json.loads(REFERENCE.read_text())
     if ref["recorded_with"]["torch"] != torch.__version__:
         pytest.skip(f"reference recorded with torch {ref['recorded_with']['torch']}, this is {torch.__version__}")
+    same_cpu = ref["recorded_with"].get("cpu") == cpu_signature()
+
+    def matches(got: dict, want: dict) -> bool:
+        if same_cpu:
+            return got == want
+        loss = {k for k in want if "loss" in k}
+        exact = {k: got[k] for k in want if k not in loss} == {k: v for k, v in want.items() if k not in loss}
+        return exact and all(got[k] == pytest.approx(want[k], rel=1e-3) for k in loss)
+
     env = {**os.environ, "FPAR_THREADS": "1"}
     cmd = [sys.executable, "-m", "fpar", "demo", "--out", str(tmp_path / "d"), "--quick"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -170,9 +194,11 @@ def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
     for stage in ("stage1", "stage2"):
         run = tmp_path / "d" / "runs" / stage
         s = json.loads((run / "summary.json").read_text())
-        assert {k: s[k] for k in ref[stage]["summary"]} == ref[stage]["summary"]
+        assert matches({k: s[k] for k in ref[stage]["summary"]}, ref[stage]["summary"]), (s, ref[stage]["summary"])
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [{k: row[k] for k in want} for row, want in zip(rows, ref[stage]["metrics"])] == ref[stage]["metrics"]
+        assert len(rows) == len(ref[stage]["metrics"])
+        for row, want in zip(rows, ref[stage]["metrics"]):
+            assert matches({k: row[k] for k in want}, want), (row, want)
     cams = list((tmp_path / "d" / "runs" / "stage2" / "cam").glob("*.png"))
     assert len(cams) == 4 and all(p.stat().st_size > 1000 for p in cams)
     assert (tmp_path / "d" / "backbone.pt").is_file()

@@ -3,8 +3,8 @@
 Methods: OpenCV's TV-L1 (the reference: the flow the published two-stream models were trained on), DIS (medium
 preset) and Farneback, one pair after the other, and tvl1-torch (`fpar.video.tvl1`: OpenCV's TV-L1 in PyTorch)
 solving ``--batch`` pairs at once. The pairs are `fpar.video.known_flow.standard_pairs` (translations, a rotation, a
-zoom, a disc moving over a static background, and a real GTEA61 frame moved the same ways when ../shared is there),
-at each ``--size``. EPE is the mean over each pair's valid pixels (in view, not occluded), averaged over pairs.
+zoom, a disc moving over a static background, and the real GTEA61 frame of tests/data moved the same ways), at
+each ``--size``. EPE is the mean over each pair's valid pixels (in view, not occluded), averaged over pairs.
 
 Rounds alternate the methods; the figure is the median over rounds of (pairs / seconds). The camera-motion step of
 the warp flow (`fpar.video.flow.compensate_camera`: LK tracks + RANSAC homography + warp, the same for every flow
@@ -30,7 +30,7 @@ from fpar.video.flow import compensate_camera, compute_flows
 from fpar.video.known_flow import endpoint_error, standard_pairs
 from fpar.video.tvl1 import TVL1Batcher
 
-REAL_FRAME = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtea61-real-clip" / "rgb0001.png"
+REAL_FRAME = Path(__file__).resolve().parents[1] / "tests" / "data" / "gtea61-real-clip" / "rgb0001.png"
 METHODS = ("tvl1", "tvl1-torch", "dis", "farneback")
 
 

@@ -5,7 +5,6 @@ pairs of exactly known flow (fpar.video.known_flow)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,8 +14,9 @@ import torch
 from fpar.models.layers.rep_flow import image_gradient, tvl1_iteration
 from fpar.video.known_flow import affine_pair, endpoint_error, object_pair, standard_pairs, texture
 from fpar.video.tvl1 import TVL1Batcher, TVL1Params, median_filter, pyramid_sizes, tvl1_torch
+from tests.conftest import REAL_CLIP
 
-REAL_FRAME = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtea61-real-clip" / "rgb0001.png"
+REAL_FRAME = REAL_CLIP / "rgb0001.png"  # a real GTEA61 frame shipped in tests/data
 
 
 def _loop_iteration(u1, u2, p11, p12, p21, p22, ix, iy, rho_c, *, lam=0.15, theta=0.3, tau=0.25):
@@ -156,9 +156,9 @@ def test_identical_frames_give_zero_flow():
 
 def test_endpoint_error_within_5_percent_of_opencv_tvl1():
     """Mean EPE over valid pixels (in view, not occluded) of pairs with exactly known flow: translations, a
-    rotation, a zoom, a moving disc over a static background, and a real GTEA61 frame moved the same ways when
-    ../shared is there. OpenCV TV-L1 with its defaults against tvl1-torch with the same settings."""
-    real = cv2.cvtColor(cv2.imread(str(REAL_FRAME)), cv2.COLOR_BGR2RGB) if REAL_FRAME.is_file() else None
+    rotation, a zoom, a moving disc over a static background, and a real GTEA61 frame (tests/data) moved the same
+    ways. OpenCV TV-L1 with its defaults against tvl1-torch with the same settings."""
+    real = cv2.cvtColor(cv2.imread(str(REAL_FRAME)), cv2.COLOR_BGR2RGB)
     pairs = standard_pairs((96, 128), real=real)
     ours = TVL1Batcher(batch=len(pairs), device="cpu")([(p.first, p.second) for p in pairs])
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()

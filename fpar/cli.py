@@ -64,6 +64,20 @@ def _threads() -> None:
 # data
 
 
+def _data_config(root: str, overrides: list[str] | None, *, fmt: str | None, split: int | None):
+    """The config of a `fpar data` command: the key=value overrides, then the root and --format/--split. The
+    options are values as typed (a root "007" or subjects "01,02" stay strings): set, not parsed as YAML."""
+    from .config import load_config, set_value
+
+    cfg = load_config(None, overrides or [])
+    set_value(cfg, "data.root", root, "the command line")
+    if fmt is not None:
+        set_value(cfg, "data.format", fmt, "--format")
+    if split is not None:
+        set_value(cfg, "data.split", split, "--split")
+    return cfg
+
+
 @data_app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def data_check(
     root: str = typer.Argument(..., help="dataset root"),
@@ -79,16 +93,10 @@ def data_check(
     split: int | None = typer.Option(None, "--split", help="EGTEA Gaze+ split 1, 2 or 3 (data.split)"),
 ):
     """Scan a dataset: videos per split, classes, frame counts and every problem found."""
-    from .config import load_config, set_value, validate
+    from .config import set_value, validate
     from .data.check import check_dataset, format_report
 
-    cfg = load_config(None, overrides or [])
-    # the options are values as typed (a root "007" or subjects "01,02" stay strings): set, not parsed as YAML
-    set_value(cfg, "data.root", root, "the command line")
-    if fmt is not None:
-        set_value(cfg, "data.format", fmt, "--format")
-    if split is not None:
-        set_value(cfg, "data.split", split, "--split")
+    cfg = _data_config(root, overrides, fmt=fmt, split=split)
     for key, value in (("data.train_subjects", train_subjects), ("data.test_subjects", test_subjects)):
         if value is not None:
             set_value(cfg, key, [s.strip() for s in value.split(",")], "the command line")
@@ -115,16 +123,11 @@ def data_cache(
     """Decode every RGB frame once into memory-mapped files; train with data.frame_cache=<the folder printed>."""
     from tqdm import tqdm
 
-    from .config import load_config, set_value, validate
+    from .config import validate
     from .data.frame_cache import build_frame_cache
     from .data.readers import read_dataset
 
-    cfg = load_config(None, overrides or [])
-    set_value(cfg, "data.root", root, "the command line")
-    if fmt is not None:
-        set_value(cfg, "data.format", fmt, "--format")
-    if split is not None:
-        set_value(cfg, "data.split", split, "--split")
+    cfg = _data_config(root, overrides, fmt=fmt, split=split)
     validate(cfg)
     manifest = read_dataset(cfg.data)
     target = out or str(Path(root) / ".fpar-frame-cache")

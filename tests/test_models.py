@@ -309,6 +309,23 @@ def test_folded_batchnorm_equals_unfolded(arch):
         fold_batchnorm(copy.deepcopy(model).train())
 
 
+def assert_same_step(model, fast) -> None:
+    """One cross-entropy step of ``model`` and of its faster copy on the same clips and dropout mask: the same loss
+    and gradients, to float rounding (relative to each gradient's size)."""
+    x, y = torch.randn(2, 3, 3, S, S), torch.tensor([1, 3])
+    losses = []
+    for m in (model, fast):
+        torch.manual_seed(1)  # the same dropout mask
+        loss = F.cross_entropy(m(x).logits, y)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            scale = float(p.grad.abs().max())
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+
+
 def test_channels_last_step_equals_the_default_layout():
     """train.channels_last: the conv weights change memory format, not values; one stage-2 step gives the same
     loss and gradients (to float rounding), and 5-D weights (the representation-flow layer's Conv3d) are left."""
@@ -321,18 +338,7 @@ def test_channels_last_step_equals_the_default_layout():
         fast = to_channels_last(copy.deepcopy(model))
         conv = fast.backbone.layer4[0].conv1.weight
         assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-        x, y = torch.randn(2, 3, 3, S, S), torch.tensor([1, 3])
-        losses = []
-        for m in (model, fast):
-            torch.manual_seed(1)  # the same dropout mask
-            loss = F.cross_entropy(m(x).logits, y)
-            loss.backward()
-            losses.append(loss)
-        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-        for (name, p), q in zip(model.named_parameters(), fast.parameters()):
-            if p.grad is not None:
-                scale = float(p.grad.abs().max())  # float rounding, relative to the gradient's size
-                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+        assert_same_step(model, fast)
 
 
 def test_every_spec_names_compile_targets_its_model_has():
@@ -370,15 +376,4 @@ def test_compiled_step_equals_eager():
     only_the_cell = SimpleNamespace(name="ego_rnn", compile=("lstm",))  # the trunk would compile for minutes here
     assert compile_model(fast, only_the_cell) == ["lstm"]
     assert [n for n, _ in fast.named_parameters()] == [n for n, _ in model.named_parameters()]
-    x, y = torch.randn(2, 3, 3, S, S), torch.tensor([1, 3])
-    losses = []
-    for m in (model, fast):
-        torch.manual_seed(1)
-        loss = F.cross_entropy(m(x).logits, y)
-        loss.backward()
-        losses.append(loss)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(model.named_parameters(), fast.parameters()):
-        if p.grad is not None:
-            scale = float(p.grad.abs().max())
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=2e-5 * scale, msg=name)
+    assert_same_step(model, fast)

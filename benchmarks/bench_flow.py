@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ import torch
 from fpar.video.flow import compensate_camera, compute_flows
 from fpar.video.known_flow import endpoint_error, standard_pairs
 from fpar.video.tvl1 import TVL1Batcher
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 REAL_FRAME = Path(__file__).resolve().parents[1] / "tests" / "data" / "gtea61-real-clip" / "rgb0001.png"
 METHODS = ("tvl1", "tvl1-torch", "dis", "farneback")
@@ -154,11 +158,7 @@ def main() -> None:
         print(
             text, json.dumps({m: {k: v for k, v in d.items() if k != "per_pair"} for m, d in entry["methods"].items()})
         )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fpar import create_model
 from fpar.models.backbone import fold_batchnorm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 
 def main() -> None:
@@ -90,11 +93,7 @@ def main() -> None:
             for k in variants
         },
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+    emit_json(out, a.json)
 
 
 if __name__ == "__main__":

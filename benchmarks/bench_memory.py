@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +27,9 @@ from fpar.engine.build import build_model, forward_batch
 from fpar.engine.stages import apply_trainable, set_train_mode
 from fpar.models.backbone import ResNetTrunk
 from fpar.models.heads import total_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 STAGE2 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage2.yaml"
 GB = 1e9
@@ -108,9 +112,7 @@ def main() -> None:
         print(name, json.dumps(rows[name]))
     s = {"batch": a.batch, "frames": a.frames, "size": a.size, "trainable_params": n_params, "ms_map": s, **rows}
     s["target_14gb_met"] = rows["bf16+checkpoint"]["total_gb"] <= 14.0
-    print(json.dumps(s, indent=2))
-    if a.json:
-        Path(a.json).write_text(json.dumps(s, indent=2) + "\n")
+    emit_json(s, a.json)
 
 
 if __name__ == "__main__":

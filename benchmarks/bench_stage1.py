@@ -52,6 +52,7 @@ from fpar.utils import flush_denormal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
 DRAWS = 40
@@ -196,9 +197,7 @@ def main() -> None:
                 "speedup_vs_baseline": round(proj_base / proj_cache, 2),
             },
         }
-        print(json.dumps(result, indent=2))
-        if a.json:
-            Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+        emit_json(result, a.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

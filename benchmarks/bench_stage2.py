@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from fpar.utils import flush_denormal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_convlstm import EightConvCell  # noqa: E402  (the original cell, written once)
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 STAGE2 = [r"^lstm\.", r"^classifier\.", r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]
 
@@ -130,11 +130,7 @@ def run(a) -> None:
     }
     if a.compile:
         out["fpar_compiled_vs_baseline"] = round(rate["fpar_compiled"] / rate["baseline"], 2)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+    emit_json(out, a.json)
 
 
 if __name__ == "__main__":

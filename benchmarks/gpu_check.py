@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from fpar.engine.stages import apply_trainable, set_train_mode
 from fpar.models.backbone import ResNetTrunk
 from fpar.models.heads import total_loss
 from fpar.registry import model_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # name -> (config, overrides). The two-stream models are built from trained stream runs, which a bare machine does
@@ -201,11 +205,7 @@ def main() -> None:
         "memory", "ego_rnn_stage2.yaml", device, small=a.small, batch=2 if a.small else 32, overrides=memory
     )
     out["tvl1_torch"] = flow_figures(device, small=a.small)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(text + "\n")
+    emit_json(out, a.json)
 
 
 if __name__ == "__main__":

@@ -393,6 +393,33 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tiny_root, tmp_path
     assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp"))
 
 
+def test_background_checkpoint_writes_hold_the_state_of_save_time_and_report_errors(tmp_path, monkeypatch):
+    import errno
+
+    from fpar.engine.checkpoint import BackgroundWriter, load_checkpoint
+
+    w = BackgroundWriter()
+    t = torch.arange(6.0)
+    w.save({"model": {"w": t}, "config": {"name": "x"}}, tmp_path / "a.pt")
+    t.add_(100)  # training goes on: the tensor changes while (or before) the file is written
+    w.save({"model": {"w": t}, "config": {"name": "y"}}, tmp_path / "b.pt")  # waits for a.pt first
+    w.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["model"]["w"], torch.arange(6.0))
+    assert torch.equal(load_checkpoint(tmp_path / "b.pt")["model"]["w"], torch.arange(6.0) + 100)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    w.save({"model": {"w": t}, "config": {}}, tmp_path / "a.pt")  # returns at once; the error comes at wait
+    with pytest.raises(OSError, match="No space left") as e:
+        w.wait()
+    assert e.value.filename == str(tmp_path / "a.pt")
+    w.close()  # the error was handed over once: nothing left to raise
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["model"]["w"], torch.arange(6.0))  # the old file stays
+
+
 def test_locks_left_empty_or_malformed_are_aged_by_their_mtime(tmp_path):
     folder = tmp_path / "f"
     folder.mkdir()

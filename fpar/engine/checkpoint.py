@@ -9,7 +9,9 @@ A checkpoint is a plain dict that can be used alone (`fpar eval`, `fpar predict`
 
 from __future__ import annotations
 
+import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import FparError
-from ..utils import torch_save_atomic
+from ..utils import atomic_write_bytes, torch_save_atomic
 
 FORMAT = 1
 
@@ -44,6 +46,54 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     torch_save_atomic({"format": FORMAT, **state}, path)
+
+
+class BackgroundWriter:
+    """Writes checkpoints to disk on a worker thread while training goes on; one write at a time.
+
+    ``save`` serialises the state at once (the bytes are a copy, so the next optimiser step may change the tensors
+    right after it returns) and hands them to a thread that writes them as :func:`save_checkpoint` does (temporary
+    file, fsync, rename). Training thus waits for the serialisation (a memory copy) but not for the disk: at the
+    ``full`` preset's size a ``last.pt`` is 314 MB and its fsync took 0.6-2 s per epoch on this project's machine.
+
+    ``wait`` blocks until the pending write is on disk and raises its error, if it had one (a full disk says so at
+    the next epoch, naming the file). The trainer waits before it writes anything else of the next epoch, so the run
+    folder goes through the same states, in the same order, as with synchronous writes. ``close`` waits too; use it
+    in a ``finally`` so that a run stopped by an error still leaves its last checkpoint complete."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict[str, Any], path: str | os.PathLike) -> None:
+        self.wait()
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, **state}, buf)
+        self._thread = threading.Thread(
+            target=self._write, args=(Path(path), buf), name="fpar-checkpoint-writer", daemon=False
+        )
+        self._thread.start()
+
+    def _write(self, path: Path, buf: io.BytesIO) -> None:
+        try:
+            atomic_write_bytes(path, buf.getbuffer())
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise e
+
+    def close(self, *, raise_error: bool = True) -> None:
+        try:
+            self.wait()
+        except BaseException:
+            if raise_error:
+                raise
 
 
 def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, Any]:

@@ -56,7 +56,7 @@ from .build import (
     spec_of,
     to_channels_last,
 )
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BackgroundWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, group_masks
 from .run import init_from
@@ -653,75 +653,81 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         **extra,
     }
     t_start = time.time()
-    for epoch in range(start, cfg.train.epochs):
-        f = lr_factor(cfg, epoch)
-        for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * f
-        train_ds.set_epoch(epoch)
-        t0 = time.time()
-        tr = train_one_epoch(
-            model,
-            make_loader(train_ds, cfg, train=True, epoch=epoch),
-            optimizer,
-            cfg,
-            device,
-            epoch=epoch,
-            progress=progress,
-            step=step,
-            scaler=scaler,
-        )
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=cache)
-            conf = ev.pop("confusion")
-            row.update({f"val_{k}": v for k, v in ev.items()})
-            if chosen not in ev:
-                raise FparError(
-                    f"train.select_metric={chosen} is not a metric of this run (it has {', '.join(sorted(ev))}); "
-                    "choose one of those"
-                )
-            if ev[chosen] > best.get(chosen, -1.0):  # strictly better, as the original selection
-                best = {"epoch": epoch + 1, "selected_on": chosen, **ev}
-                lock.check()
-                if main:
-                    save_checkpoint(
-                        {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
+    writer = BackgroundWriter()  # last.pt goes to disk while the next epoch trains
+    try:
+        for epoch in range(start, cfg.train.epochs):
+            f = lr_factor(cfg, epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = g["initial_lr"] * f
+            train_ds.set_epoch(epoch)
+            t0 = time.time()
+            tr = train_one_epoch(
+                model,
+                make_loader(train_ds, cfg, train=True, epoch=epoch),
+                optimizer,
+                cfg,
+                device,
+                epoch=epoch,
+                progress=progress,
+                step=step,
+                scaler=scaler,
+            )
+            writer.wait()  # the previous epoch's last.pt is on disk before this epoch writes anything
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
+                ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=cache)
+                conf = ev.pop("confusion")
+                row.update({f"val_{k}": v for k, v in ev.items()})
+                if chosen not in ev:
+                    raise FparError(
+                        f"train.select_metric={chosen} is not a metric of this run (it has {', '.join(sorted(ev))}); "
+                        "choose one of those"
                     )
-                    if conf is not None:
-                        _write_confusion(run / "confusion.csv", conf, classes)
-        if cache is not None:
-            hits, misses = cache.take_stats()
-            row["cache_hit_rate"] = round(hits / max(hits + misses, 1), 4)  # clips read back / clips seen
-        row["time_s"] = round(time.time() - t0, 2)
-        history.append(row)
-        rngs = distributed.gather(rng_state())  # every rank's: a resumed run draws what this one would have
-        if main:
-            with open(run / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        fault("metrics_appended")
-        if tb is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    tb.add_scalar(k, v, epoch + 1)
-        log(_epoch_line(row))
-        lock.check()
-        if not main:
-            continue
-        save_checkpoint(
-            {
-                **base,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "rng": rngs[0],
-                **({"rng_ranks": rngs} if d.enabled else {}),
-                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-                "history": history,
-                "best": best,
-                "finished": epoch + 1 == cfg.train.epochs,
-            },
-            run / "last.pt",
-        )
+                if ev[chosen] > best.get(chosen, -1.0):  # strictly better, as the original selection
+                    best = {"epoch": epoch + 1, "selected_on": chosen, **ev}
+                    lock.check()
+                    if main:
+                        save_checkpoint(
+                            {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
+                        )
+                        if conf is not None:
+                            _write_confusion(run / "confusion.csv", conf, classes)
+            if cache is not None:
+                hits, misses = cache.take_stats()
+                row["cache_hit_rate"] = round(hits / max(hits + misses, 1), 4)  # clips read back / clips seen
+            row["time_s"] = round(time.time() - t0, 2)
+            history.append(row)
+            rngs = distributed.gather(rng_state())  # every rank's: a resumed run draws what this one would have
+            if main:
+                with open(run / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            fault("metrics_appended")
+            if tb is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        tb.add_scalar(k, v, epoch + 1)
+            log(_epoch_line(row))
+            lock.check()
+            if not main:
+                continue
+            writer.save(
+                {
+                    **base,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "rng": rngs[0],
+                    **({"rng_ranks": rngs} if d.enabled else {}),
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                    "history": history,
+                    "best": best,
+                    "finished": epoch + 1 == cfg.train.epochs,
+                },
+                run / "last.pt",
+            )
+        writer.wait()
+    finally:
+        writer.close(raise_error=False)  # an error above still leaves the last checkpoint whole
     if tb is not None:
         tb.close()
     lock.check()

@@ -1,7 +1,9 @@
 """ConvLSTM step cost, in alternating rounds (medians): forward + backward over T steps from a zero state, as stage 1
 trains it, with the same weights in three layouts:
 
-* ``fpar``: `fpar.models.layers.conv_lstm.ConvLSTMCell` (eight per-gate convolutions, fused checkpoint layout);
+* ``fpar``: `fpar.models.layers.conv_lstm.ConvLSTMCell` on the whole sequence, as the models call it (the input
+  convolutions over all B·T frames at once, the zero first state's hidden convolutions skipped, then the steps);
+* ``fpar_per_step``: the same cell called one step at a time (eight per-gate convolutions per step);
 * ``fused``: fpar 0.1.0's cell, two convolutions of 4·H output channels per step (written here);
 * ``original``: the 2018 code's cell, eight ``nn.Conv2d`` modules (written here).
 
@@ -72,11 +74,22 @@ class FusedCell(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c), c
 
 
+class Sequence(nn.Module):
+    """fpar's cell on the whole (B, T, C, H, W) sequence in one call."""
+
+    def __init__(self, cell: ConvLSTMCell):
+        super().__init__()
+        self.cell = cell
+
+
 def schedule(cell: nn.Module, x: torch.Tensor) -> float:
     t0 = time.perf_counter()
-    state = None
-    for t in range(x.shape[1]):
-        state = cell(x[:, t], state)
+    if isinstance(cell, Sequence):
+        state = cell.cell(x)
+    else:
+        state = None
+        for t in range(x.shape[1]):
+            state = cell(x[:, t], state)
     state[1].mean().backward()
     return time.perf_counter() - t0
 
@@ -98,7 +111,12 @@ def main() -> None:
             torch.manual_seed(0)
             x = torch.randn(b, steps, a.channels, a.size, a.size)
             cell = ConvLSTMCell(a.channels, a.channels, 3)
-            cells = {"fpar": cell, "fused": FusedCell(cell), "original": EightConvCell(cell)}
+            cells = {
+                "fpar": Sequence(cell),
+                "fpar_per_step": cell,
+                "fused": FusedCell(cell),
+                "original": EightConvCell(cell),
+            }
             for c in cells.values():
                 schedule(c, x)  # warm-up (oneDNN primitive creation)
             times: dict[str, list[float]] = {m: [] for m in cells}
@@ -111,6 +129,7 @@ def main() -> None:
                 "steps": steps,
                 "size": a.size,
                 "median_s": {m: round(v, 4) for m, v in med.items()},
+                "fpar_vs_per_step": round(med["fpar_per_step"] / med["fpar"], 3),
                 "fpar_vs_fused": round(med["fused"] / med["fpar"], 3),
                 "fpar_vs_original": round(med["original"] / med["fpar"], 3),
             }

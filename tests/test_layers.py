@@ -113,6 +113,41 @@ def test_conv_lstm_zero_initial_state_and_init():
     assert cell.conv_h.bias is None
 
 
+def test_conv_lstm_sequence_equals_its_steps_values_and_gradients(one_thread):
+    """The whole-sequence call (input convs over B*T frames at once, the zero first step's hidden convs skipped) is
+    the step-by-step recurrence from explicit zeros: float64 so that only the summation order could differ."""
+    torch.manual_seed(5)
+    cell = ConvLSTMCell(4, 3).double()
+    with torch.no_grad():
+        for _, b, _ in cell.gate_weights().values():
+            b.normal_()
+    seq = torch.randn(2, 5, 4, 6, 6, dtype=torch.float64, requires_grad=True)  # (B, T, C, H, W)
+    extra = torch.randn(2, 5, 12, 6, 6, dtype=torch.float64)  # (B, T, 4*C_hid, H, W)
+    for ex in (None, extra):
+        h, c = cell(seq, extra=ex)
+        (h.sum() + 2 * c.sum()).backward()
+        got = [seq.grad.clone(), *(p.grad.clone() for p in cell.parameters())]
+        seq.grad = None
+        cell.zero_grad(set_to_none=True)
+        state = (torch.zeros(2, 3, 6, 6, dtype=torch.float64), torch.zeros(2, 3, 6, 6, dtype=torch.float64))
+        for t in range(5):
+            state = cell(seq[:, t], state, None if ex is None else ex[:, t])
+        torch.testing.assert_close(h, state[0], rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(c, state[1], rtol=1e-12, atol=1e-13)
+        (state[0].sum() + 2 * state[1].sum()).backward()
+        want = [seq.grad.clone(), *(p.grad.clone() for p in cell.parameters())]
+        seq.grad = None
+        cell.zero_grad(set_to_none=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    # the first step from no state is bit for bit the step from explicit zeros (float32, as training runs)
+    cell = cell.float()
+    x = torch.randn(2, 4, 6, 6)
+    z = torch.zeros(2, 3, 6, 6)
+    a, b = cell(x), cell(x, (z, z.clone()))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_conv_lstm_xavier_is_per_gate():
     torch.manual_seed(2)
     cell = ConvLSTMCell(512, 512)

@@ -207,10 +207,8 @@ class EgoRNN(nn.Module):
 
     def recurrent(self, seq: Tensor) -> Tensor:
         """Run the ConvLSTM over (N, T, C, h, w) from a zero state; returns the pooled cell state (N, mem)."""
-        state = None
-        for i in range(seq.shape[1]):
-            state = self.lstm(seq[:, i], state)
-        return state[1].mean(dim=(2, 3))  # (N, mem): average pool of c_T
+        _, c = self.lstm(seq)  # the whole sequence: input convs over the N*T frames at once, then T steps
+        return c.mean(dim=(2, 3))  # (N, mem): average pool of c_T
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, rgb: Tensor, *, static_idx: Tensor | None = None, with_ms: bool | None = None) -> ModelOutput:

@@ -146,28 +146,56 @@ class ConvLSTMCell(nn.Module):
         z = x.new_zeros(b, self.hidden_channels, h, w)
         return z, z.clone()
 
-    def forward(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None
+    def input_gates(self, seq: Tensor) -> list[Tensor]:
+        """The input terms ``W_x*x + b`` of every step at once: (B, T, C_in, H, W) -> four (B, T, C_hid, H, W),
+        gate order i, f, c~, o. They do not depend on the state, so they are one convolution over the B·T frames
+        instead of T over B: the same sums in larger matrix products, faster on a CPU (1.15x the cell's forward
+        and backward at B 4, T 16, 512 channels, 7x7; `benchmarks/bench_convlstm.py`)."""
+        b, t = seq.shape[:2]
+        flat = seq.reshape(b * t, *seq.shape[2:])  # (B*T, C_in, H, W)
+        return [g.view(b, t, *g.shape[1:]) for g in self.conv_x.gates(flat)]  # each (B, T, C_hid, H, W)
+
+    def step(
+        self, x_gates: list[Tensor], state: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``extra`` (B, 4*C_hid, H, W), optional, is added to the gate pre-activations (i, f, c~, o): the hook a
-        cross-modal fusion uses to feed another stream's features into these gates."""
-        # The original cell falls back to random-normal states when none is given; its model always passes zeros,
-        # so zeros is the faithful default here.
+        """One step from its input terms (four (B, C_hid, H, W), as `input_gates` gives them per step): the new
+        ``(h, c)``. ``state`` None is the zero state, whose hidden convolutions (no bias) are exactly zero: they
+        are skipped, and c' = g*i, bit for bit what the full step computes from zeros."""
         if state is None:
-            state = self.zero_state(x)
-        h_prev, c_prev = state
-        # eight convolutions of C_hid channels (the original layout, faster here than two fused ones)
-        pre = [a + b for a, b in zip(self.conv_x.gates(x), self.conv_h.gates(h_prev))]  # i, f, c~, o: (B, C_hid, H, W)
+            pre = list(x_gates)
+        else:
+            h_prev = state[0]
+            pre = [a + b for a, b in zip(x_gates, self.conv_h.gates(h_prev))]  # i, f, c~, o: (B, C_hid, H, W)
         if extra is not None:
             pre = [p + e for p, e in zip(pre, extra.chunk(4, dim=1))]
         i, f, g, o = pre
         i = torch.sigmoid(i)
-        f = torch.sigmoid(f)
         g = torch.tanh(g)
         o = torch.sigmoid(o)
-        c = g * i + c_prev * f
+        if state is None:
+            c = g * i
+        else:
+            c = g * i + state[1] * torch.sigmoid(f)
         h = o * torch.tanh(c)
         return h, c
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None, extra: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One step, x (B, C_in, H, W), or a whole sequence, x (B, T, C_in, H, W): the new (or the last) ``(h, c)``.
+
+        A sequence runs its input convolutions over all T steps at once (`input_gates`), then the recurrence.
+        ``extra`` (B, 4*C_hid, H, W), or (B, T, 4*C_hid, H, W) with a sequence, optional, is added to the gate
+        pre-activations (i, f, c~, o): the hook a cross-modal fusion uses to feed another stream's features into
+        these gates."""
+        # The original cell falls back to random-normal states when none is given; its model always passes zeros,
+        # so zeros is the faithful default here.
+        if x.dim() == 4:
+            return self.step(self.conv_x.gates(x), state, extra)
+        xg = self.input_gates(x)  # four (B, T, C_hid, H, W)
+        for t in range(x.shape[1]):
+            state = self.step([g[:, t] for g in xg], state, None if extra is None else extra[:, t])
+        return state
 
     def extra_repr(self) -> str:
         return f"{self.input_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, gates=(i, f, c~, o)"

@@ -424,6 +424,9 @@ def pretrain(
     epochs: int = typer.Option(4, "--epochs"),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr"),
+    color_jitter: float = typer.Option(
+        0.2, "--color-jitter", help="photometric jitter of the training frames (gain, tint, offset; 0 = none)"
+    ),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Pre-train a backbone on single frames (when ImageNet weights cannot be had); use it as model.pretrained."""
@@ -440,6 +443,7 @@ def pretrain(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        color_jitter=color_jitter,
         seed=seed,
     )
     typer.echo(f"wrote {r['path']}: frame accuracy train {r['train_acc']:.1f}%, test {r['test_acc']:.1f}%")

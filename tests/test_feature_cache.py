@@ -73,7 +73,7 @@ def test_stored_features_are_the_prefix_of_one_clip(tiny_root, tmp_path):
     (sub,) = [p for p in cache.iterdir() if p.is_dir()]
     stored = np.load(sub / f"v{item['index']:06d}" / "d00.npy")
     with torch.no_grad():
-        feats = r.spec.feature_cache.prefix(r.model, normalize_rgb(item["rgb"]))
+        feats = r.spec.feature_cache[0].prefix(r.model, normalize_rgb(item["rgb"]))  # stage 1: the conv5 cut
     assert stored.dtype == np.float32 and stored.shape == tuple(feats.shape)
     assert np.array_equal(stored, feats.contiguous().numpy())
 
@@ -100,7 +100,8 @@ def test_other_weights_get_their_own_entries(tiny_root, tmp_path):
     "extra, message",
     [
         (["train.trainable=[.]"], "needs a frozen trunk, but this stage trains backbone"),
-        (["train.bn_train=[backbone.layer4]"], "trains its BatchNorm"),
+        (["train.trainable=[backbone.layer3.0.conv1.weight, lstm]"], "trains backbone.layer3.0.conv1.weight"),
+        (["train.bn_train=[backbone.layer3]"], "trains its BatchNorm"),
         (["model.ms.enabled=true"], "the MS head reads the trunk's conv features"),
         (["model.name=flow_resnet", "train.trainable=[fc_action]"], "has no frozen per-frame trunk"),
     ],
@@ -109,6 +110,41 @@ def test_stages_that_cannot_use_the_cache_are_refused(extra, message, tiny_root,
     with pytest.raises(FparError, match=message):
         train(_cfg(tiny_root, tmp_path / "r", f"data.feature_cache={tmp_path / 'c'}", *extra), log=lambda m: None)
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_stage2_caches_the_trunk_up_to_layer3_exactly(tiny_root, tmp_path):
+    """A stage that trains layer4 (Ego-RNN stage 2) caches the stem and layers 1-3: a warm run is bit-identical to
+    the cold one, close to the run without the cache, its entries are the layer3 maps, and layer4 did train."""
+    stage1 = tmp_path / "s1"
+    train(_cfg(tiny_root, stage1, "train.epochs=1"), log=lambda m: None)
+    stage2 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage2.yaml"
+    cache = tmp_path / "cache"
+
+    def run(out, *extra):
+        cfg = load_config(
+            stage2, [*tiny_args(tiny_root), "train.epochs=2", f"out={out}", f"init.from={stage1}", *extra]
+        )
+        train(cfg, log=lambda m: None)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return torch.load(out / "last.pt", weights_only=True)["model"], rows
+
+    none_w, none_rows = run(tmp_path / "none")
+    cold_w, cold_rows = run(tmp_path / "cold", f"data.feature_cache={cache}")
+    warm_w, warm_rows = run(tmp_path / "warm", f"data.feature_cache={cache}")
+    assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w) and _strip(cold_rows) == _strip(warm_rows)
+    assert [r["cache_hit_rate"] for r in warm_rows] == [1.0, 1.0]
+    assert max((none_w[k] - cold_w[k]).abs().max().item() for k in none_w) < 1e-5
+    for a, b in zip(none_rows, cold_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5) and a["val_top1"] == b["val_top1"]
+    s1 = torch.load(stage1 / "last.pt", weights_only=True)["model"]
+    key = next(k for k in cold_w if k.startswith("backbone.layer4.") and k.endswith("conv1.weight"))
+    assert not torch.equal(cold_w[key], s1[key])  # layer4 trained through the cached path
+    assert torch.equal(cold_w["backbone.layer3.0.conv1.weight"], s1["backbone.layer3.0.conv1.weight"])
+    (sub,) = [p for p in cache.iterdir() if p.is_dir()]
+    entry = np.load(next(sub.rglob("d00.npy")))
+    cfg = load_config(stage2, tiny_args(tiny_root))
+    side = cfg.data.input_size // 16  # layer3 output: stride 16
+    assert entry.shape == (cfg.data.frames, 256, side, side) and entry.dtype == np.float32
 
 
 def test_a_warm_cache_decodes_no_frames(tiny_root, tmp_path, monkeypatch):

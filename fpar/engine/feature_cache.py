@@ -1,6 +1,10 @@
-"""An exact cache of a frozen trunk's per-frame features (``data.feature_cache=DIR``): stage 1 without the trunk.
+"""An exact cache of a frozen trunk's per-frame features (``data.feature_cache=DIR``): stage 1 without the trunk,
+stage 2 without its frozen part.
 
-Stage 1 trains the ConvLSTM and the classifier for hundreds of epochs over a trunk that never changes. A clip's
+Stage 1 trains the ConvLSTM and the classifier for hundreds of epochs over a trunk that never changes; stage 2
+trains layer4 too, over a stem and layers 1-3 that never change. A family lists its cuts, deepest first
+(`fpar.registry.FeatureCachePlan`; Ego-RNN: after the CAM at conv5, and after layer3), and a run caches the deepest
+prefix it leaves frozen. A clip's
 trunk features depend only on the video, its frames (fixed by ``data.frames`` and ``data.sampling``) and the clip's
 crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`) and one at test time. So they are
 computed once per (video, draw) as the draws occur, written to ``DIR``, and read back whenever that draw recurs:
@@ -46,6 +50,7 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
     d = cfg.data
     settings = {
         "model": cfg.model.name,
+        "cut": plan.name,
         "block": repr(getattr(cfg.model, cfg.model.name, None)),
         "frames": d.frames,
         "sampling": d.sampling,
@@ -59,6 +64,26 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
     }
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:20]
+
+
+def _unusable(plan: FeatureCachePlan, cfg, model: torch.nn.Module, trainable: list[str]) -> str | None:
+    """Why this run cannot cache ``plan``'s prefix (a one-line error), or None when it can."""
+    why = plan.refusal(cfg) if plan.refusal is not None else None
+    if why:
+        return f"data.feature_cache cannot be used here: {why}; remove the key for this run"
+    pattern = re.compile("|".join(plan.params))
+    trained = [n for n in trainable if pattern.search(n)]
+    if trained:
+        return (
+            f"data.feature_cache needs a frozen trunk, but this stage trains {trained[0]} (and {len(trained) - 1} "
+            "more): its features change every step. Use the cache for stages that freeze the trunk up to layer3 "
+            "at least (Ego-RNN stages 1 and 2)"
+        )
+    modules = [m for m, _ in model.named_modules() if m and pattern.search(m + ".")]
+    bn = [p for p in cfg.train.bn_train if any(re.search(p, m) for m in modules)]
+    if bn:
+        return f"data.feature_cache needs a frozen trunk, but train.bn_train={bn[0]!r} trains its BatchNorm"
+    return None
 
 
 def entry_path(directory: Path, video: int, draw: int) -> Path:
@@ -96,29 +121,19 @@ class FeatureCache:
         """The run's cache, or None without ``data.feature_cache``; a one-line error when the run cannot use one."""
         if not cfg.data.feature_cache:
             return None
-        plan = spec.feature_cache
-        if plan is None:
+        plans = spec.feature_cache
+        if plans is None:
             raise FparError(
                 f"data.feature_cache: model {cfg.model.name} has no frozen per-frame trunk to cache; remove the key"
             )
-        why = plan.refusal(cfg) if plan.refusal is not None else None
-        if why:
-            raise FparError(f"data.feature_cache cannot be used here: {why}; remove the key for this run")
-        pattern = re.compile("|".join(plan.params))
-        trained = [n for n in trainable if pattern.search(n)]
-        if trained:
-            raise FparError(
-                f"data.feature_cache needs a frozen trunk, but this stage trains {trained[0]} (and {len(trained) - 1} "
-                "more): its features change every step. Use the cache for frozen-trunk stages (stage 1)"
-            )
-        modules = [m for m, _ in model.named_modules() if m and pattern.search(m + ".")]
-        bn = [p for p in cfg.train.bn_train if any(re.search(p, m) for m in modules)]
-        if bn:
-            raise FparError(
-                f"data.feature_cache needs a frozen trunk, but train.bn_train={bn[0]!r} trains its BatchNorm"
-            )
-        fp = _fingerprint(cfg, model, plan, manifest)
-        return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype)
+        plans = plans if isinstance(plans, tuple) else (plans,)
+        why = None
+        for plan in plans:  # deepest cut first: the first whose prefix this stage leaves frozen
+            why = _unusable(plan, cfg, model, trainable)
+            if why is None:
+                fp = _fingerprint(cfg, model, plan, manifest)
+                return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype)
+        raise FparError(why)  # the shallowest cut's reason
 
     def expected_bytes(self, clip_shape: tuple[int, ...], train_videos: int, eval_videos: int, epochs: int) -> int:
         """The size when full: every draw of every training video that ``epochs`` can reach, one per test video."""
@@ -146,7 +161,8 @@ class FeatureCache:
             model.train(was)
         size = self.expected_bytes(shape, len(train_ds), eval_videos, epochs) / 2**30
         return (
-            f"feature cache {self.dir}: up to {size:.2f} GiB ({len(train_ds)} training videos x up to "
+            f"feature cache {self.dir} (the frozen prefix up to {self.plan.name}): up to {size:.2f} GiB "
+            f"({len(train_ds)} training videos x up to "
             f"{min(DRAWS, epochs)} draws, {eval_videos} test videos; {shape} per clip)"
         )
 

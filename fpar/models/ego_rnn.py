@@ -394,6 +394,19 @@ def _cache_forward(model: EgoRNN, feats: Tensor, batch: dict, train: bool) -> Mo
     return model.from_sequence(feats, static_idx=static_idx)
 
 
+def _cache_prefix_conv4(model: EgoRNN, frames: Tensor) -> Tensor:
+    """(N, 3, H, W) frames -> (N, C4, h4, w4) layer3 outputs: the prefix stage 2 leaves frozen (stem to layer3)."""
+    return model.backbone.forward_to(frames, "conv4")
+
+
+def _cache_forward_conv4(model: EgoRNN, feats: Tensor, batch: dict, train: bool) -> ModelOutput:
+    b, t = feats.shape[:2]
+    rest = model.backbone.forward_from(feats.flatten(0, 1), "conv4")  # layer4 and fc on the (B*T, C4, h4, w4) maps
+    attended, _ = model.attend(rest)  # (B*T, C, h, w)
+    static_idx = batch.get("static_idx") if (train and model.disc is not None) else None
+    return model.from_sequence(attended.view(b, t, *attended.shape[1:]), static_idx=static_idx)
+
+
 def _cache_refusal(cfg) -> str | None:
     block = cfg.model.ego_rnn
     if block.repflow.enabled:
@@ -448,8 +461,21 @@ SPEC = register_model_spec(
         aux_maps=_aux_maps,
         factory=ego_rnn,
         optional_weights=("ms_head.", "disc."),  # a checkpoint may predate its MS / discriminator heads
-        feature_cache=FeatureCachePlan(
-            prefix=_cache_prefix, params=(r"^backbone\.",), forward=_cache_forward, refusal=_cache_refusal
+        feature_cache=(  # stage 1: the whole frozen trunk; stage 2 (layer4 trained): the trunk up to layer3
+            FeatureCachePlan(
+                prefix=_cache_prefix,
+                params=(r"^backbone\.",),
+                forward=_cache_forward,
+                refusal=_cache_refusal,
+                name="conv5",
+            ),
+            FeatureCachePlan(
+                prefix=_cache_prefix_conv4,
+                params=(r"^backbone\.(conv1|bn1|layer1|layer2|layer3)\.",),
+                forward=_cache_forward_conv4,
+                refusal=_cache_refusal,
+                name="conv4",
+            ),
         ),
         stages={
             "stage1": (r"^lstm\.", r"^classifier\."),

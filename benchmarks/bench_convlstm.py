@@ -1,9 +1,10 @@
 """ConvLSTM step cost, in alternating rounds (medians): forward + backward over T steps from a zero state, as stage 1
 trains it, with the same weights in three layouts:
 
-* ``fpar``: `fpar.models.layers.conv_lstm.ConvLSTMCell` on the whole sequence, as the models call it (the input
-  convolutions over all B·T frames at once, the zero first state's hidden convolutions skipped, then the steps);
-* ``fpar_per_step``: the same cell called one step at a time (eight per-gate convolutions per step);
+* ``fpar``: `fpar.models.layers.conv_lstm.ConvLSTMCell` on the whole sequence, as the models call it (eight
+  per-gate convolutions per step, the zero first state's hidden convolutions skipped);
+* ``fpar_per_step``: the same cell called one step at a time from an explicit zero state (eight convolutions at
+  every step);
 * ``fused``: fpar 0.1.0's cell, two convolutions of 4·H output channels per step (written here);
 * ``original``: the 2018 code's cell, eight ``nn.Conv2d`` modules (written here).
 

@@ -114,8 +114,8 @@ def test_conv_lstm_zero_initial_state_and_init():
 
 
 def test_conv_lstm_sequence_equals_its_steps_values_and_gradients(one_thread):
-    """The whole-sequence call (input convs over B*T frames at once, the zero first step's hidden convs skipped) is
-    the step-by-step recurrence from explicit zeros: float64 so that only the summation order could differ."""
+    """The whole-sequence call (the zero first step's hidden convs skipped) is the step-by-step recurrence from
+    explicit zeros, values and gradients (float64)."""
     torch.manual_seed(5)
     cell = ConvLSTMCell(4, 3).double()
     with torch.no_grad():
@@ -140,12 +140,21 @@ def test_conv_lstm_sequence_equals_its_steps_values_and_gradients(one_thread):
         cell.zero_grad(set_to_none=True)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
-    # the first step from no state is bit for bit the step from explicit zeros (float32, as training runs)
+    # the shortcut step from no state is bit for bit the step from explicit zeros (float32, as training runs)
     cell = cell.float()
     x = torch.randn(2, 4, 6, 6)
     z = torch.zeros(2, 3, 6, 6)
-    a, b = cell(x), cell(x, (z, z.clone()))
+    a, b = cell.step(cell.conv_x.gates(x), None), cell(x, (z, z.clone()))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # a one-step sequence, or a single step from no state, still gives every parameter a gradient (DDP, decay)
+    for inp in (x.unsqueeze(1), x):
+        cell.zero_grad(set_to_none=True)
+        h, c = cell(inp)
+        (h.sum() + c.sum()).backward()
+        assert all(p.grad is not None for p in cell.parameters())
+        assert all(torch.count_nonzero(w.grad) == 0 for _, _, w in cell.gate_weights().values())
+    with pytest.raises(ValueError, match="extra must be"):
+        cell(x.unsqueeze(1).expand(2, 3, 4, 6, 6), extra=torch.zeros(2, 12, 6, 6))
 
 
 def test_conv_lstm_xavier_is_per_gate():

@@ -207,7 +207,7 @@ class EgoRNN(nn.Module):
 
     def recurrent(self, seq: Tensor) -> Tensor:
         """Run the ConvLSTM over (N, T, C, h, w) from a zero state; returns the pooled cell state (N, mem)."""
-        _, c = self.lstm(seq)  # the whole sequence: input convs over the N*T frames at once, then T steps
+        _, c = self.lstm(seq)  # the whole sequence (N, T, C, h, w) -> c_T
         return c.mean(dim=(2, 3))  # (N, mem): average pool of c_T
 
     # ---------------------------------------------------------------------------------------------- forward

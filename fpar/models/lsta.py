@@ -158,7 +158,7 @@ class LSTAFlow(nn.Module):
 
     def forward(self, flow: Tensor) -> ModelOutput:
         f = self.step_features(flow)
-        _, c = self.lstm(f)  # the whole sequence (input convs over the B*T steps at once)
+        _, c = self.lstm(f)  # the whole sequence (B, T, C, h, w) -> c_T
         pooled = c.mean(dim=(2, 3))  # (B, mem): average pool of c_T
         return ModelOutput(**self.classifier.outputs(self.dropout(pooled)), features=pooled)
 
@@ -214,11 +214,10 @@ class LSTATwoStream(nn.Module):
             raise ValueError(f"RGB steps {tuple(x.shape)} and flow steps {tuple(f.shape)} must match")
         s_rgb = s_flow = None
         maps = []
-        fg = self.flow.lstm.input_gates(f)  # the flow cell's input terms of every step: four (B, T, mem, h, w)
         for i in range(x.shape[1]):
             x_bar, u, s_rgb = self.rgb.cell(x[:, i], cam[:, i], s_rgb, flow=self.flow_to_rgb(f[:, i]))
             to_flow = x_bar if self.rgb_features == "attended" else x[:, i]
-            s_flow = self.flow.lstm.step([g[:, i] for g in fg], s_flow, extra=self.rgb_to_flow(to_flow))
+            s_flow = self.flow.lstm(f[:, i], s_flow, extra=self.rgb_to_flow(to_flow))
             maps.append(u[:, 0])
         pooled = torch.cat([s_rgb[2].mean(dim=(2, 3)), s_flow[1].mean(dim=(2, 3))], dim=1)  # (B, mem_r + mem_f)
         out = ModelOutput(**self.classifier.outputs(self.dropout(pooled)), features=pooled)

@@ -10,6 +10,7 @@ A checkpoint is a plain dict that can be used alone (`fpar eval`, `fpar predict`
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import warnings
@@ -22,6 +23,7 @@ from ..errors import FparError
 from ..utils import atomic_write_bytes, torch_save_atomic
 
 FORMAT = 1
+logger = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
@@ -91,9 +93,11 @@ class BackgroundWriter:
     def close(self, *, raise_error: bool = True) -> None:
         try:
             self.wait()
-        except BaseException:
+        except BaseException as e:
             if raise_error:
                 raise
+            # another error is on its way up; this one would be lost without a word
+            logger.warning("the last checkpoint write also failed: %s", e)
 
 
 def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, Any]:

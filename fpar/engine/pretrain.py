@@ -167,6 +167,8 @@ def pretrain_backbone(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         train_acc = 100 * correct / max(seen, 1)
+        # BatchNorm statistics of the training frames as training draws them (crops and colour jitter), as
+        # ImageNet backbones' statistics come from their augmented training images
         _recompute_bn_stats(model, train_ds, batch_size)
         test_acc = _frame_accuracy(model, test_ds, batch_size)
         log(

@@ -1,8 +1,11 @@
-"""Stage-1 training speed (frozen trunk), through fpar's trainer, against the original code's way, in one run.
+"""Stage-1 (and stage-2) training speed, through fpar's trainer, against the original code's way, in one run.
 
-    python benchmarks/bench_stage1.py [--preset tiny] [--classes 0] [--frames 7] [--size 112] [--epochs 4]
-                                      [--rounds 3] [--batch 8] [--threads 2] [--baseline-ieee]
+    python benchmarks/bench_stage1.py [--stage 1|2] [--preset tiny] [--classes 0] [--frames 7] [--size 112]
+                                      [--epochs 4] [--rounds 3] [--batch 8] [--threads 2] [--baseline-ieee]
                                       [--json benchmarks/results/stage1.json]
+
+``--stage 2`` trains what Ego-RNN's stage 2 trains (layer4's conv weights and the fc's CAM weights too), the
+baseline included (layer4 then records a graph per frame); the cache then holds the stem and layers 1-3.
 
 The issue's setting: ``--preset full --classes 4 --frames 16 --size 224 --epochs 10 --rounds 2`` (the `full`
 preset's 455x256 frames, its first 4 classes, one video per class and subject: 12 training and 4 test videos).
@@ -22,7 +25,7 @@ included). The baseline runs with denormal floats flushed to zero, as fpar train
 that the ratios show the structural levers; ``--baseline-ieee`` runs it with the CPU's default IEEE denormals
 instead, as the 2018 code ran. The projection for the paper's 200-epoch stage 1 uses the measured per-clip cost of
 a hit and of a miss and the expected number of distinct draws of a video in 200 epochs (40 draws:
-40 (1 - (39/40)^200) misses).
+40 (1 - (39/40)^200) misses; 150 epochs with ``--stage 2``, the paper's stage 2).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -58,23 +62,30 @@ STAGE1 = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
 DRAWS = 40
 
 
-def baseline_schedule(cfg, epochs: int, ftz: bool) -> float:
+STAGE2 = STAGE1.with_name("ego_rnn_stage2.yaml")
+STAGE2_TRUNK = re.compile(r"^layer4\.\d+\.conv[12]\.weight$|^fc\.weight$")  # what stage 2 trains of the trunk
+
+
+def baseline_schedule(cfg, epochs: int, ftz: bool, stage: int) -> float:
     """Train + evaluate the original way; returns seconds."""
     with flush_denormal(ftz):
-        return _baseline_schedule(cfg, epochs)
+        return _baseline_schedule(cfg, epochs, stage)
 
 
-def _baseline_schedule(cfg, epochs: int) -> float:
+def _baseline_schedule(cfg, epochs: int, stage: int) -> float:
     manifest, _, train_ds, select_ds, _ = prepare(cfg)
     model, _ = build_model(cfg, manifest.vocab)
     trunk = model.backbone
-    for p in trunk.parameters():
-        p.requires_grad = False
-    trunk.eval()
+    trained = []
+    for n, p in trunk.named_parameters():
+        p.requires_grad = stage == 2 and bool(STAGE2_TRUNK.search(n))
+        if p.requires_grad:
+            trained.append(p)
+    trunk.eval()  # BatchNorm frozen in both stages
     lstm = EightConvCell(ConvLSTMCell(trunk.num_features, cfg.model.ego_rnn.mem_size))  # the original's 8 convs
     head = nn.Linear(cfg.model.ego_rnn.mem_size, len(manifest.classes))
     drop = nn.Dropout(cfg.model.dropout)
-    opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3, eps=1e-4)
+    opt = torch.optim.Adam([*lstm.parameters(), *head.parameters(), *trained], lr=1e-3, eps=1e-4)
 
     def clip_logits(rgb):
         state = None
@@ -114,6 +125,7 @@ def trainer_schedule(cfg, out: Path, cache: Path | None) -> tuple[float, list[fl
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1, help="Ego-RNN stage 1 or 2 (trains layer4 too)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--classes", type=int, default=0, help="first K classes of the preset, one video each (0: all)")
     ap.add_argument("--baseline-ieee", action="store_true", help="baseline with IEEE denormals (the 2018 code's way)")
@@ -127,7 +139,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    work = Path(tempfile.mkdtemp(prefix="fpar-bench-stage1-"))
+    work = Path(tempfile.mkdtemp(prefix=f"fpar-bench-stage{a.stage}-"))
     try:
         root = Path(a.data) if a.data else work / "data"
         preset = a.preset
@@ -140,8 +152,9 @@ def main() -> None:
         if not a.data:
             synthesize(root, preset=preset, seed=0)
         cfg = load_config(
-            STAGE1,
+            STAGE1 if a.stage == 1 else STAGE2,
             [
+                "init.from=none",  # the speed does not depend on where the weights come from
                 f"data.root={root}",
                 f"data.frames={a.frames}",
                 f"data.input_size={a.size}",
@@ -158,7 +171,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in ("baseline", "fpar", "cache_cold", "cache_warm")}
         hit_rates: list[float] = []
         for r in range(a.rounds):  # alternating: every way once per round
-            times["baseline"].append(baseline_schedule(cfg, a.epochs, ftz=not a.baseline_ieee))
+            times["baseline"].append(baseline_schedule(cfg, a.epochs, ftz=not a.baseline_ieee, stage=a.stage))
             times["fpar"].append(trainer_schedule(cfg, work / f"fpar{r}", None)[0])
             cache = work / f"cache{r}"
             dt, _ = trainer_schedule(cfg, work / f"cold{r}", cache)
@@ -170,14 +183,17 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in times.items()}
         ips = {k: images / v for k, v in med.items()}
         base = ips["baseline"]
-        # 200-epoch projection: seconds per clip-epoch of a miss (cold epoch ~ all misses) and of a hit (warm)
+        # projection for the paper's schedule (stage 1: 200 epochs, stage 2: 150): seconds per clip-epoch of a miss
+        # (cold epoch ~ all misses) and of a hit (warm)
+        n_ep = 200 if a.stage == 1 else 150
         per_clip_warm = med["cache_warm"] / (len(train_ds) * a.epochs)
         per_clip_base = med["baseline"] / (len(train_ds) * a.epochs)
-        misses = DRAWS * (1 - (1 - 1 / DRAWS) ** 200)
+        misses = DRAWS * (1 - (1 - 1 / DRAWS) ** n_ep)
         per_clip_miss = per_clip_base if a.epochs == 0 else med["fpar"] / (len(train_ds) * a.epochs)
-        proj_cache = misses * per_clip_miss + (200 - misses) * per_clip_warm
-        proj_base = 200 * per_clip_base
+        proj_cache = misses * per_clip_miss + (n_ep - misses) * per_clip_warm
+        proj_base = n_ep * per_clip_base
         result = {
+            "stage": a.stage,
             "preset": preset if not a.data else str(root),
             "baseline_denormals": "ieee" if a.baseline_ieee else "flushed",
             "train_videos": len(train_ds),
@@ -192,7 +208,7 @@ def main() -> None:
             "images_per_s": {k: round(v, 2) for k, v in ips.items()},
             "speedup_vs_baseline": {k: round(v / base, 2) for k, v in ips.items()},
             "warm_hit_rates": hit_rates,
-            "projection_200_epochs": {
+            f"projection_{n_ep}_epochs": {
                 "expected_misses_per_video": round(misses, 2),
                 "speedup_vs_baseline": round(proj_base / proj_cache, 2),
             },

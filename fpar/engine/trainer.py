@@ -56,7 +56,7 @@ from .build import (
     spec_of,
     to_channels_last,
 )
-from .checkpoint import BackgroundWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BackgroundWriter, load_checkpoint, rng_state, set_rng_state
 from .feature_cache import FeatureCache
 from .metrics import classification_metrics, group_masks
 from .run import init_from
@@ -653,7 +653,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         **extra,
     }
     t_start = time.time()
-    writer = BackgroundWriter()  # last.pt goes to disk while the next epoch trains
+    writer = BackgroundWriter()  # best.pt and last.pt go to disk while the next epoch trains
     try:
         for epoch in range(start, cfg.train.epochs):
             f = lr_factor(cfg, epoch)
@@ -672,7 +672,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 step=step,
                 scaler=scaler,
             )
-            writer.wait()  # the previous epoch's last.pt is on disk before this epoch writes anything
+            writer.wait()  # the previous epoch's checkpoints are on disk before this epoch writes anything
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=cache)
@@ -687,7 +687,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                     best = {"epoch": epoch + 1, "selected_on": chosen, **ev}
                     lock.check()
                     if main:
-                        save_checkpoint(
+                        writer.save(
                             {**base, "model": model.state_dict(), "epoch": epoch + 1, "metrics": ev}, run / "best.pt"
                         )
                         if conf is not None:

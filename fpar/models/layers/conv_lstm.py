@@ -104,8 +104,9 @@ def _load_fused(module: GateConvs, state: dict, prefix: str, *args) -> None:
 class ConvLSTMCell(nn.Module):
     """One step of a ConvLSTM without peepholes.
 
-    ``forward(x, state)`` with x (B, C_in, H, W) and state ``(h, c)`` each (B, C_hid, H, W), or None for zeros.
-    Returns the new ``(h, c)``, each (B, C_hid, H, W) (stride 1, padding k//2 keeps the spatial size):
+    ``forward(x, state)`` with x (B, C_in, H, W) and state ``(h, c)`` each (B, C_hid, H, W), or None for zeros
+    (x (B, T, C_in, H, W) runs the whole sequence and returns the last state). Returns the new ``(h, c)``, each
+    (B, C_hid, H, W) (stride 1, padding k//2 keeps the spatial size):
 
         i = sigmoid(W_xi*x + b_i + W_hi*h)     f = sigmoid(W_xf*x + b_f + W_hf*h)
         g = tanh(W_xc*x + b_c + W_hc*h)        o = sigmoid(W_xo*x + b_o + W_ho*h)

@@ -4,11 +4,10 @@ stage 2 without its frozen part.
 Stage 1 trains the ConvLSTM and the classifier for hundreds of epochs over a trunk that never changes; stage 2
 trains layer4 too, over a stem and layers 1-3 that never change. A family lists its cuts, deepest first
 (`fpar.registry.FeatureCachePlan`; Ego-RNN: after the CAM at conv5, and after layer3), and a run caches the deepest
-prefix it leaves frozen. A clip's
-trunk features depend only on the video, its frames (fixed by ``data.frames`` and ``data.sampling``) and the clip's
-crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`) and one at test time. So they are
-computed once per (video, draw) as the draws occur, written to ``DIR``, and read back whenever that draw recurs:
-after a few tens of epochs nearly every clip is a hit.
+prefix it leaves frozen. A clip's trunk features depend only on the video, its frames (fixed by ``data.frames`` and
+``data.sampling``) and the clip's crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`)
+and one at test time. So they are computed once per (video, draw) as the draws occur, written to ``DIR``, and read
+back whenever that draw recurs: after a few tens of epochs nearly every clip is a hit.
 
 Exact: the prefix (`fpar.registry.FeatureCachePlan.prefix`) runs on one clip at a time whether its features are
 then written or read, and the file holds the very float32 values used (``data.feature_cache_dtype=float16``

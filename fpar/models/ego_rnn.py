@@ -400,11 +400,11 @@ def _cache_prefix_conv4(model: EgoRNN, frames: Tensor) -> Tensor:
 
 
 def _cache_forward_conv4(model: EgoRNN, feats: Tensor, batch: dict, train: bool) -> ModelOutput:
+    """(B, T, C4, h4, w4) layer3 maps -> layer4, the CAM with the live fc, then the conv5 cut's forward."""
     b, t = feats.shape[:2]
     rest = model.backbone.forward_from(feats.flatten(0, 1), "conv4")  # layer4 and fc on the (B*T, C4, h4, w4) maps
     attended, _ = model.attend(rest)  # (B*T, C, h, w)
-    static_idx = batch.get("static_idx") if (train and model.disc is not None) else None
-    return model.from_sequence(attended.view(b, t, *attended.shape[1:]), static_idx=static_idx)
+    return _cache_forward(model, attended.view(b, t, *attended.shape[1:]), batch, train)
 
 
 def _cache_refusal(cfg) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import FparError
-from ..utils import atomic_write_bytes, torch_save_atomic
+from ..utils import atomic_write_bytes
 
 FORMAT = 1
 logger = logging.getLogger(__name__)
@@ -46,23 +46,20 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     return p
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    torch_save_atomic({"format": FORMAT, **state}, path)
-
-
 class BackgroundWriter:
     """Writes checkpoints to disk on worker threads while training goes on, one after the other, in order.
 
     ``save`` serialises the state at once (the bytes are a copy, so the next optimiser step may change the tensors
-    right after it returns) and hands them to a thread that writes them as :func:`save_checkpoint` does (temporary
-    file, fsync, rename) once the writes saved before it are done. Training thus waits for the serialisation (a
-    memory copy) but not for the disk: at the ``full`` preset's size a ``last.pt`` is 314 MB and a ``best.pt``
-    162 MB, and each fsync took 0.3-2 s on this project's machine.
+    right after it returns) and hands them to a thread that writes them with `fpar.utils.atomic_write_bytes`
+    (temporary file, fsync, rename) once the writes saved before it are done. Training thus waits for the
+    serialisation (a memory copy) but not for the disk: at the ``full`` preset's size a ``last.pt`` is 314 MB and a
+    ``best.pt`` 162 MB, and each fsync took 0.3-2 s on this project's machine.
 
     ``wait`` blocks until every pending write is on disk and raises the first error, if one had one (a full disk says
     so at the next epoch, naming the file). The trainer waits before it writes anything else of the next epoch, so
-    an epoch's best.pt and last.pt are on disk, in that order, before the next epoch's files. ``close`` waits too;
-    use it in a ``finally`` so that a run stopped by an error still leaves its last checkpoint complete."""
+    an epoch's best.pt and last.pt are on disk, in that order, before the next epoch's files. Used as a context
+    manager it waits on leaving the block too, so a run stopped by an error still leaves its last checkpoint
+    complete (that error goes on; a write error met then is logged)."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None  # the last write; each write joins the one before it
@@ -93,11 +90,14 @@ class BackgroundWriter:
             e, self._error = self._error, None
             raise e
 
-    def close(self, *, raise_error: bool = True) -> None:
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
             self.wait()
         except BaseException as e:
-            if raise_error:
+            if exc_type is None:
                 raise
             # another error is on its way up; this one would be lost without a word
             logger.warning("the last checkpoint write also failed: %s", e)

@@ -653,8 +653,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         **extra,
     }
     t_start = time.time()
-    writer = BackgroundWriter()  # best.pt and last.pt go to disk while the next epoch trains
-    try:
+    with BackgroundWriter() as writer:  # best.pt and last.pt go to disk while the next epoch trains
         for epoch in range(start, cfg.train.epochs):
             f = lr_factor(cfg, epoch)
             for g in optimizer.param_groups:
@@ -725,9 +724,6 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 },
                 run / "last.pt",
             )
-        writer.wait()
-    finally:
-        writer.close(raise_error=False)  # an error above still leaves the last checkpoint whole
     if tb is not None:
         tb.close()
     lock.check()

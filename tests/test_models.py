@@ -344,15 +344,11 @@ def test_channels_last_step_equals_the_default_layout():
 def test_every_spec_names_compile_targets_its_model_has():
     """ModelSpec.compile names submodules (train.compile); a misspelt one would only show up on a long run."""
     from fpar.registry import model_specs
-
-    model = tiny_ego()
-    for name in model_specs()["ego_rnn"].compile:
-        assert isinstance(model.get_submodule(name), torch.nn.Module)
     from tests.test_lsta import tiny_lsta
 
-    lsta = tiny_lsta()
-    for name in model_specs()["lsta"].compile:
-        assert isinstance(lsta.get_submodule(name), torch.nn.Module)
+    for family, model in (("ego_rnn", tiny_ego()), ("lsta", tiny_lsta())):
+        for name in model_specs()[family].compile:
+            assert isinstance(model.get_submodule(name), torch.nn.Module)
 
 
 def test_compile_without_a_compiler_is_one_line(monkeypatch):

@@ -11,8 +11,12 @@ from fpar.data.sampling import flow_stack_start, flow_stack_starts, stack_indice
 from fpar.data.transforms import (
     FLOW_MEAN,
     FLOW_STD,
+    POSITIONS,
+    SCALES,
     CropParams,
+    apply_crop,
     crop_box,
+    crop_rgb,
     downsample_mmaps,
     draw_params,
     normalize_rgb,
@@ -88,6 +92,46 @@ def test_one_draw_shared_by_every_modality_and_flip_inverts_x_flow():
     np.testing.assert_allclose(fx * 255, np.clip(256 - fy * 255, 0, 255), atol=1e-3)
     noflip = transform_flow([ramp] * 2, [ramp] * 2, CropParams(0.75, "tl", False, True), **kw)
     np.testing.assert_allclose(noflip[0].numpy()[:, ::-1], f[1].numpy(), atol=1e-5)
+
+
+def test_crop_rgb_equals_the_per_frame_crop_stack_and_flip_for_every_draw():
+    """crop_rgb resizes and flips each frame into its slot of the clip; the pixels are those of the plain chain
+    (apply_crop per frame, stack, mirror) for all 40 draws and the test transform, shrinking and enlarging."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (50, 90, 3), dtype=np.uint8) for _ in range(3)]
+    kw = dict(scale_size=50, input_size=40)  # crop sides 50, 44, 38, 33 px: resized down, and up to 40
+    draws = [CropParams(s, pos, flip, True) for s in SCALES for pos in POSITIONS for flip in (False, True)]
+    for p in draws + [CropParams()]:
+        box = crop_box(90, 50, p, **kw)
+        expected = np.stack([apply_crop(f, box, 40) for f in frames])  # (T, S, S, 3)
+        if p.flip:
+            expected = expected[:, :, ::-1]
+        got = crop_rgb(frames, p, **kw)  # (T, 3, S, S)
+        assert got.dtype == torch.uint8 and got.shape == (3, 3, 40, 40)
+        assert np.array_equal(got.permute(0, 2, 3, 1).numpy(), expected), p
+
+
+def test_read_rgb_equals_bgr_decoding_swapped(tmp_path):
+    """read_rgb decodes straight to RGB where OpenCV can: the same pixels as BGR decoding and cvtColor, for a PNG,
+    a JPEG and a JPEG inside a tar (the EPIC-KITCHENS layout)."""
+    import tarfile
+
+    import cv2
+
+    from fpar.data.imageio import read_rgb
+
+    img = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "a.jpg"), img)
+    with tarfile.open(tmp_path / "f.tar", "w") as tar:
+        tar.add(tmp_path / "a.jpg", arcname="./frame_0000000001.jpg")
+    for path, ref in [
+        (tmp_path / "a.png", tmp_path / "a.png"),
+        (tmp_path / "a.jpg", tmp_path / "a.jpg"),
+        (f"{tmp_path / 'f.tar'}::./frame_0000000001.jpg", tmp_path / "a.jpg"),
+    ]:
+        expected = cv2.cvtColor(cv2.imread(str(ref), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(read_rgb(str(path)), expected), path
 
 
 def test_still_flow_stays_still_when_flipped():

@@ -97,11 +97,24 @@ def crop_rgb(frames: list[np.ndarray], p: CropParams, *, scale_size: int, input_
     This is what `fpar.data.dataset.ClipDataset` returns: a quarter of the bytes of the float clip through the
     DataLoader's workers and to the GPU, normalised there by `normalize_rgb` (`normalize_batch`)."""
     h, w = frames[0].shape[:2]
-    box = crop_box(w, h, p, scale_size=scale_size, input_size=input_size)
-    out = np.stack([apply_crop(f, box, input_size) for f in frames])  # (T, S, S, 3) uint8
-    if p.flip:
-        out = out[:, :, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8 (a view)
+    x0, y0, x1, y1 = crop_box(w, h, p, scale_size=scale_size, input_size=input_size)
+    size = input_size
+    resize = (y1 - y0, x1 - x0) != (size, size)
+    interp = cv2.INTER_AREA if y1 - y0 > size else cv2.INTER_LINEAR  # as apply_crop chooses
+    # each frame is resized and flipped straight into its slot of the clip: the same pixels as apply_crop, a
+    # stack and a flipped copy, without the two extra passes over the clip
+    out = np.empty((len(frames), size, size, 3), np.uint8)  # (T, S, S, 3)
+    for t, f in enumerate(frames):
+        crop = f[y0:y1, x0:x1]
+        if resize and p.flip:
+            cv2.flip(cv2.resize(crop, (size, size), interpolation=interp), 1, dst=out[t])
+        elif resize:
+            cv2.resize(crop, (size, size), dst=out[t], interpolation=interp)
+        elif p.flip:
+            cv2.flip(crop, 1, dst=out[t])
+        else:
+            out[t] = crop
+    return torch.from_numpy(out).permute(0, 3, 1, 2)  # (T, 3, S, S) uint8 (a view)
 
 
 def normalize_rgb(x: torch.Tensor) -> torch.Tensor:

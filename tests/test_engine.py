@@ -166,42 +166,60 @@ def cpu_signature() -> str:
     return f"{model} / flags {hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
+# what a run on a CPU without a recording must still reproduce: none of these depends on float rounding
+ROUNDING_FREE = {"name", "model", "epochs", "seed", "select_on", "epoch", "lr"}
+ROUNDING_FREE |= {"videos", "pair_videos", "val_videos", "val_pair_videos"}
+
+
 def test_demo_quick_end_to_end_matches_the_recorded_metrics(tmp_path):
-    """`fpar demo --quick` in a fresh process (one thread) gives the recorded metrics: on the CPU that recorded them
-    (``recorded_with.cpu``), every loss and accuracy of every epoch to the last bit; on another CPU, whose oneDNN
-    kernels round differently, every accuracy exactly and every loss to 1e-3 (relative; 2e-4 seen). Recorded again
-    only for deliberate changes of the arithmetic (the per-gate ConvLSTM convolutions) or on a new CPU."""
+    """`fpar demo --quick` in a fresh process (one thread) gives the recorded metrics. The fixture holds one
+    recording per CPU (``tests/record_demo_quick.py`` adds one): on a CPU that has one, every loss and accuracy of
+    every epoch to the last bit. On another CPU, whose oneDNN kernels round differently, the pre-training and two
+    short stages on six test videos end a video or two apart (16.7 points each; seen between a Xeon with AVX-512
+    and an EPYC with AVX2), so only what does not depend on rounding is compared: the names, epochs, learning rates
+    and video counts (``ROUNDING_FREE``), and the first stage-1 training loss to 1e-2 (5e-4 seen)."""
     import subprocess
     import sys
+    import warnings
 
     ref = json.loads(REFERENCE.read_text())
-    if ref["recorded_with"]["torch"] != torch.__version__:
-        pytest.skip(f"reference recorded with torch {ref['recorded_with']['torch']}, this is {torch.__version__}")
-    same_cpu = ref["recorded_with"].get("cpu") == cpu_signature()
-
-    def matches(got: dict, want: dict) -> bool:
-        if same_cpu:
-            return got == want
-        loss = {k for k in want if "loss" in k}
-        exact = {k: got[k] for k in want if k not in loss} == {k: v for k, v in want.items() if k not in loss}
-        return exact and all(got[k] == pytest.approx(want[k], rel=1e-3) for k in loss)
+    if ref["torch"] != torch.__version__:
+        pytest.skip(f"reference recorded with torch {ref['torch']}, this is {torch.__version__}")
+    mine = [r for r in ref["recordings"] if r["cpu"] == cpu_signature()]
 
     env = {**os.environ, "FPAR_THREADS": "1"}
     cmd = [sys.executable, "-m", "fpar", "demo", "--out", str(tmp_path / "d"), "--quick"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| stage1 |" in r.stdout and "| stage2 |" in r.stdout
+    got = {}
     for stage in ("stage1", "stage2"):
         run = tmp_path / "d" / "runs" / stage
-        s = json.loads((run / "summary.json").read_text())
-        assert matches({k: s[k] for k in ref[stage]["summary"]}, ref[stage]["summary"]), (s, ref[stage]["summary"])
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == len(ref[stage]["metrics"])
-        for row, want in zip(rows, ref[stage]["metrics"]):
-            assert matches({k: row[k] for k in want}, want), (row, want)
+        got[stage] = {
+            "summary": json.loads((run / "summary.json").read_text()),
+            "metrics": [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()],
+        }
     cams = list((tmp_path / "d" / "runs" / "stage2" / "cam").glob("*.png"))
     assert len(cams) == 4 and all(p.stat().st_size > 1000 for p in cams)
     assert (tmp_path / "d" / "backbone.pt").is_file()
+
+    def pairs(rec: dict):  # (what was written, what was recorded) for the summary and each epoch of both stages
+        for stage in ("stage1", "stage2"):
+            assert len(got[stage]["metrics"]) == len(rec[stage]["metrics"])
+            yield got[stage]["summary"], rec[stage]["summary"]
+            yield from zip(got[stage]["metrics"], rec[stage]["metrics"])
+
+    if mine:
+        for row, want in pairs(mine[0]):
+            assert {k: row[k] for k in want} == want, (row, want)
+        return
+    warnings.warn(f"no demo recording for this CPU ({cpu_signature()}): rounding-free parts only", stacklevel=1)
+    for rec in ref["recordings"]:
+        for row, want in pairs(rec):
+            fixed = {k: v for k, v in want.items() if k in ROUNDING_FREE}
+            assert {k: row[k] for k in fixed} == fixed, (row, want)
+    first = [rec["stage1"]["metrics"][0]["train_loss"] for rec in ref["recordings"]]
+    assert any(got["stage1"]["metrics"][0]["train_loss"] == pytest.approx(x, rel=1e-2) for x in first), first
 
 
 def test_resume_keeps_an_older_run_without_channels_last_as_it_ran(tmp_path):

@@ -134,6 +134,58 @@ def test_read_rgb_equals_bgr_decoding_swapped(tmp_path):
         assert np.array_equal(read_rgb(str(path)), expected), path
 
 
+def test_png_frames_decode_to_the_same_pixels_through_libspng_and_opencv(tmp_path, monkeypatch):
+    """read_rgb decodes 8-bit RGB PNG files with libspng (the `fast-png` extra) and every other image with OpenCV:
+    every kind gives OpenCV's pixels, with or without libspng; a truncated PNG is still a one-line error."""
+    import cv2
+    from PIL import Image
+
+    from fpar.data import imageio
+    from fpar.data.imageio import ImageError, read_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    cv2.imwrite(str(tmp_path / "rgb_level0.png"), rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    cv2.imwrite(str(tmp_path / "rgb_level9.png"), rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).quantize(16).save(tmp_path / "palette.png")
+    cv2.imwrite(str(tmp_path / "rgb16.png"), rgb.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "jpeg_named.png.jpg"), rgb)
+    (tmp_path / "jpeg_named.png.jpg").rename(tmp_path / "jpeg_named.png")  # a JPEG behind a .png name
+    kinds = ["rgb", "rgb_level0", "rgb_level9", "grey", "rgba", "palette", "rgb16", "jpeg_named"]
+
+    class Counting:  # libspng, counting the frames it decodes
+        calls = 0
+
+        @classmethod
+        def load(cls, data):
+            cls.calls += 1
+            return real.load(data)
+
+    real = imageio.pyspng
+    if real is not None:
+        monkeypatch.setattr(imageio, "pyspng", Counting)
+    for kind in kinds:
+        path = str(tmp_path / f"{kind}.png")
+        expected = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        got = read_rgb(path)
+        assert got.dtype == np.uint8 and np.array_equal(got, expected), kind
+    if real is not None:
+        assert Counting.calls == 3  # the three 8-bit RGB PNGs; the others went to OpenCV
+    monkeypatch.setattr(imageio, "pyspng", None)  # without the extra: OpenCV decodes them all, the same pixels
+    assert np.array_equal(read_rgb(str(tmp_path / "rgb.png")), rgb)
+
+    monkeypatch.setattr(imageio, "pyspng", real)
+    data = (tmp_path / "rgb.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="cut.png cannot be decoded"):
+        read_rgb(str(tmp_path / "cut.png"))
+    with pytest.raises(ImageError, match="missing.png is missing"):
+        read_rgb(str(tmp_path / "missing.png"))
+
+
 def test_still_flow_stays_still_when_flipped():
     still = [np.full((40, 60), 128, np.uint8)] * 2
     f = transform_flow(still, still, CropParams(1.0, "c", True, True), scale_size=40, input_size=32)

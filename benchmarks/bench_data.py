@@ -13,6 +13,9 @@ videos, in alternating rounds (medians), clips per second of:
   normalisation in the main process, as a CPU-only run does it;
 * the same RGB loader reading a decoded-frame cache (`fpar data cache`, built here under --root first).
 
+fpar decodes PNG frames with libspng when the `fast-png` extra (pyspng) is installed, with OpenCV otherwise; the
+JSON's ``png_decoder`` says which.
+
 The ratio column is against the baseline of the same run.
 """
 
@@ -30,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from fpar.config import DataConfig
+from fpar.data import imageio
 from fpar.data.dataset import ClipDataset
 from fpar.data.frame_cache import build_frame_cache
 from fpar.data.layout import discover
@@ -141,6 +145,8 @@ def main() -> None:
         "size": a.size,
         "rounds": a.rounds,
         "frame_cache_gib": round(built["bytes"] / 2**30, 2),
+        # fpar's PNG decoder (the `fast-png` extra); the baseline's is PIL's either way
+        "png_decoder": "libspng (pyspng)" if imageio.pyspng is not None else "opencv",
         "rows": rows,
     }
     if a.json:

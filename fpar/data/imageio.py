@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - depends on the install
     pyspng = None
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_RGB = 2  # IHDR colour type of 8-bit truecolour without alpha (GTEA61's and fpar's own frames)
+_PNG_8BIT_RGB = b"\x08\x02"  # IHDR bit depth 8, colour type 2 (truecolour, no alpha): GTEA61's and fpar's own frames
 
 
 def _read_png_rgb(path: str) -> np.ndarray | None:
@@ -32,11 +32,13 @@ def _read_png_rgb(path: str) -> np.ndarray | None:
         return None
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            # signature, then the IHDR chunk: length (4), "IHDR", width, height (4 each), bit depth (byte 24),
+            # colour type (25); only this much is read of a PNG that OpenCV will decode
+            head = fh.read(33)
+            if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24:26] != _PNG_8BIT_RGB:
+                return None
+            data = head + fh.read()
     except OSError:
-        return None
-    # signature, then the IHDR chunk: length (4), "IHDR", width (4), height (4), bit depth (byte 24), colour type (25)
-    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or data[24] != 8 or data[25] != _PNG_RGB:
         return None
     try:
         img = pyspng.load(data)

@@ -54,8 +54,8 @@ def main() -> None:
     cpu = cpu_signature()
     recordings = [r for r in ref.get("recordings", []) if r["cpu"] != cpu]
     recordings.append({"cpu": cpu, "why": a.why, **record()})
-    ref = {"torch": torch.__version__, "threads": 1, "command": "FPAR_THREADS=1 fpar demo --quick", **ref}
-    ref["torch"], ref["recordings"] = torch.__version__, recordings
+    ref = {**ref, "torch": torch.__version__, "threads": 1, "command": "FPAR_THREADS=1 fpar demo --quick"}
+    ref["recordings"] = recordings
     REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
     print(f"{REFERENCE}: {len(recordings)} recording(s); this CPU: {cpu}")
 

@@ -167,13 +167,18 @@ def pretrain_backbone(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         train_acc = 100 * correct / max(seen, 1)
-        # BatchNorm statistics of the training frames as training draws them (crops and colour jitter), as
-        # ImageNet backbones' statistics come from their augmented training images
-        _recompute_bn_stats(model, train_ds, batch_size)
+        last = epoch == epochs - 1
+        if last:
+            # BatchNorm statistics of the training frames as training draws them (crops and colour jitter), as
+            # ImageNet backbones' statistics come from their augmented training images. Once, after the last
+            # epoch: training normalises with batch statistics and its draws come from (seed, epoch, frame), so
+            # re-estimating after every epoch (a fifth of the pre-training's time) changed nothing but the log.
+            _recompute_bn_stats(model, train_ds, batch_size)
         test_acc = _frame_accuracy(model, test_ds, batch_size)
+        bn = "" if last else ", BN running averages"
         log(
             f"pretrain epoch {epoch + 1}/{epochs}: train frames {train_acc:.1f}%, test frames {test_acc:.1f}% "
-            f"({len(names)} {target}s)"
+            f"({len(names)} {target}s{bn})"
         )
     sd = {k: v for k, v in model.state_dict().items()}
     torch_save_atomic(sd, out)

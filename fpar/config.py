@@ -165,6 +165,10 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     eval_every: int = 1
+    # Memory (MiB) for the evaluation clips' features of a frozen prefix (stage 1: the whole trunk with the CAM;
+    # stage 2: up to layer3), kept from one epoch's evaluation to the next: later evaluations skip the trunk and
+    # decode nothing, with the same values bit for bit (fpar.engine.feature_cache.EvalMemo). 0 turns it off.
+    eval_memo_mb: int = 1024
     max_batches: int = 0  # >0 limits batches per epoch (smoke tests)
     grad_clip: float = 0.0
     progress: bool = True

@@ -220,3 +220,71 @@ class FeatureCache:
         h, m = self.hits, self.misses
         self.hits = self.misses = 0
         return h, m
+
+
+class EvalMemo:
+    """The frozen prefix's features of the evaluation clips, kept in memory from one epoch's evaluation to the next
+    (``train.eval_memo_mb``; the on-disk cache, when a run has one, serves evaluation instead).
+
+    A frozen-trunk stage evaluates the same test clips (the test transform: one draw) through the same frozen prefix
+    after every epoch, so only the first evaluation needs the trunk. Exact: each batch's features are computed as the
+    family's own forward computes them, the whole batch at once (`FeatureCachePlan.prefix` on its B·T frames), and
+    kept per batch, which the evaluation loader (no shuffling) gives the same clips in the same order every epoch;
+    so an evaluation from the memo equals one without it bit for bit. Held on the CPU (the values do not change in
+    a copy), up to ``budget`` bytes: the batches beyond it are computed every time. A clip whose features are held
+    is not decoded (`held` is the evaluation dataset's ``skip_rgb``).
+    """
+
+    def __init__(self, plan: FeatureCachePlan, budget: int):
+        self.plan = plan
+        self.budget = budget
+        self.store: dict[tuple, torch.Tensor] = {}
+        self.bytes = 0
+        self.held = HeldClips()
+
+    @classmethod
+    def for_run(cls, cfg, spec, model, trainable: list[str]) -> EvalMemo | None:
+        """The run's memo: the deepest cut whose prefix the stage leaves frozen, or None (no such cut, the memo
+        turned off, or an on-disk feature cache that serves evaluation already)."""
+        if cfg.train.eval_memo_mb <= 0 or cfg.data.feature_cache or spec.feature_cache is None:
+            return None
+        plans = spec.feature_cache if isinstance(spec.feature_cache, tuple) else (spec.feature_cache,)
+        for plan in plans:
+            if _unusable(plan, cfg, model, trainable) is None:
+                return cls(plan, cfg.train.eval_memo_mb * 2**20)
+        return None
+
+    def forward(self, model, batch: dict, train: bool) -> Any:
+        """The family's evaluation forward, from the held features of this batch's clips when there are some."""
+        key = (tuple(batch["index"].tolist()), tuple(batch["draw"].tolist()))
+        feats = self.store.get(key)
+        if feats is None:
+            rgb = batch["rgb"]
+            if not torch.is_tensor(rgb):
+                # the loader skipped clips the memo held, yet not this batch of them: the batches changed
+                raise FparError(
+                    "train.eval_memo: the evaluation batches changed between epochs (the memo holds other clips); "
+                    "run again with train.eval_memo_mb=0 and report it"
+                )
+            b, t = rgb.shape[:2]
+            f = self.plan.prefix(model, rgb.reshape(b * t, *rgb.shape[2:]))  # (B*T, ...) as the forward computes it
+            feats = f.view(b, t, *f.shape[1:])  # (B, T, ...)
+            size = feats.numel() * feats.element_size()
+            if self.bytes + size <= self.budget:
+                self.store[key] = feats.to("cpu")
+                self.bytes += size
+                self.held.add(zip(*key))
+        return self.plan.forward(model, feats.to(next(model.parameters()).device), batch, train)
+
+
+class HeldClips:
+    """Picklable test, for DataLoader workers (a copy each epoch): does the memo hold this clip's features?"""
+
+    def __init__(self):
+        self.clips: set[tuple[int, int]] = set()
+
+    def add(self, clips) -> None:
+        self.clips.update(clips)
+
+    def __call__(self, video: int, draw: int) -> bool:
+        return (video, draw) in self.clips

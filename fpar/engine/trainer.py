@@ -57,7 +57,7 @@ from .build import (
     to_channels_last,
 )
 from .checkpoint import BackgroundWriter, load_checkpoint, rng_state, set_rng_state
-from .feature_cache import FeatureCache
+from .feature_cache import EvalMemo, FeatureCache
 from .metrics import classification_metrics, group_masks
 from .run import init_from
 from .stages import apply_trainable, param_groups, set_train_mode
@@ -573,6 +573,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         if isinstance(m, ResNetTrunk):
             m.checkpoint = cfg.train.checkpoint
     cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
+    memo = EvalMemo.for_run(cfg, spec_of(cfg), model, trainable)  # None with a cache: the cache serves evaluation
     model.to(device)
     if cfg.train.channels_last:
         to_channels_last(model)
@@ -641,6 +642,12 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         log(cache.describe(model, train_ds, len(select_ds), cfg.train.epochs, device))
         for ds in {id(x): x for x in (train_ds, select_ds, test_ds) if x is not None}.values():
             ds.skip_rgb = cache.cached_draws()  # a clip whose features are cached is not decoded
+    if memo is not None:
+        log(
+            f"evaluation memo: the test clips' features of the frozen prefix up to {memo.plan.name} stay in memory "
+            f"between epochs (up to {cfg.train.eval_memo_mb} MiB, train.eval_memo_mb)"
+        )
+        select_ds.skip_rgb = memo.held  # a clip whose features are held is not decoded
     select_loader = make_loader(select_ds, cfg, train=False)
     base = {
         "config": to_dict(cfg),
@@ -674,7 +681,15 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             writer.wait()  # the previous epoch's checkpoints are on disk before this epoch writes anything
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=cache)
+                ev = evaluate(
+                    model,
+                    select_loader,
+                    cfg,
+                    device,
+                    vocab,
+                    progress=progress,
+                    cache=cache if cache is not None else memo,
+                )
                 conf = ev.pop("confusion")
                 row.update({f"val_{k}": v for k, v in ev.items()})
                 if chosen not in ev:
@@ -726,6 +741,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             )
     if tb is not None:
         tb.close()
+    if memo is not None:
+        select_ds.skip_rgb = None  # the summary's test evaluation (select_on=val) decodes every clip
     lock.check()
     distributed.broadcast(None)  # every rank here: best.pt is on disk for the summary's test evaluation
     summary = _summary(cfg, run, history, best, splits, select_ds, test_ds, model, device, vocab, progress, cache)

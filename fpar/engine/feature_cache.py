@@ -19,6 +19,10 @@ another batch size), about 1e-6 relative.
 Entries live under ``DIR/<fingerprint>/``, where the fingerprint hashes the prefix's weights, the model settings,
 the frame geometry and the dataset's manifest: another trunk, size or dataset never reads stale features. Writes are
 atomic (temporary file, then rename), so several processes (DataLoader-free: the trainer's, or DDP ranks) share DIR.
+
+`EvalMemo` (``train.eval_memo_mb``, on by default) is the in-memory sibling for runs without ``DIR``: the same cuts,
+for the evaluation clips only, computed batch by batch exactly as the family's forward does (bit-identical to no
+memo at all), held from one epoch's evaluation to the next.
 """
 
 from __future__ import annotations
@@ -263,7 +267,7 @@ class EvalMemo:
             if not torch.is_tensor(rgb):
                 # the loader skipped clips the memo held, yet not this batch of them: the batches changed
                 raise FparError(
-                    "train.eval_memo: the evaluation batches changed between epochs (the memo holds other clips); "
+                    "train.eval_memo_mb: the evaluation batches changed between epochs (the memo holds other clips); "
                     "run again with train.eval_memo_mb=0 and report it"
                 )
             b, t = rgb.shape[:2]

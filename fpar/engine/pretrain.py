@@ -172,7 +172,7 @@ def pretrain_backbone(
             # BatchNorm statistics of the training frames as training draws them (crops and colour jitter), as
             # ImageNet backbones' statistics come from their augmented training images. Once, after the last
             # epoch: training normalises with batch statistics and its draws come from (seed, epoch, frame), so
-            # re-estimating after every epoch (a fifth of the pre-training's time) changed nothing but the log.
+            # re-estimating after every epoch (a quarter of the pre-training's time) changed nothing but the log.
             _recompute_bn_stats(model, train_ds, batch_size)
         test_acc = _frame_accuracy(model, test_ds, batch_size)
         bn = "" if last else ", BN running averages"

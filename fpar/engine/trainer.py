@@ -188,7 +188,8 @@ def predict_all(
 ) -> dict:
     """Everything evaluation needs over a loader: ``logits`` (N, C), ``labels`` (N,), ``index`` (N,) (the videos'
     manifest indices), ``loss`` (mean action cross-entropy) and, with verb/noun heads, ``verb_logits``,
-    ``noun_logits``, ``verb``, ``noun``."""
+    ``noun_logits``, ``verb``, ``noun``. ``cache``: what replaces the family's forward for the frozen prefix, its
+    ``forward(model, batch, train)`` (the run's `FeatureCache` or `EvalMemo`); None: the family's own forward."""
     from tqdm import tqdm
 
     model.eval()

@@ -574,6 +574,7 @@ def validate(cfg: ExperimentConfig) -> None:
         "train.batch_size": (cfg.train.batch_size, 1),
         "train.eval_batch_size": (cfg.train.eval_batch_size, 1),
         "train.eval_every": (cfg.train.eval_every, 1),
+        "train.eval_memo_mb": (cfg.train.eval_memo_mb, 0),
         "train.max_batches": (cfg.train.max_batches, 0),
         "data.num_workers": (cfg.data.num_workers, 0),
         "seed": (cfg.seed, 0),

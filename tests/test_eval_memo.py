@@ -89,6 +89,33 @@ def test_a_skipped_batch_the_memo_does_not_hold_is_a_clear_error(tiny_root):
             memo.forward(model, regrouped, False)
 
 
+def test_the_family_s_forward_gets_a_copy_of_what_is_held(tiny_root):
+    """A ``plan.forward`` that writes into its input cannot change what the next evaluation reads."""
+    import dataclasses
+
+    cfg = load_config(STAGE1, tiny_args(tiny_root))
+    model, trainable, ds = _model(cfg)
+    memo = EvalMemo.for_run(cfg, spec_of(cfg), model, trainable)
+    real = memo.plan.forward
+
+    def clobbering(model, feats, batch, train):
+        out = real(model, feats, batch, train)
+        feats.zero_()
+        return out
+
+    memo.plan = dataclasses.replace(memo.plan, forward=clobbering)
+    batch = _batch(ds, [0, 1])
+    with torch.no_grad():
+        cold = memo.forward(model, batch, False).logits
+        warm = memo.forward(model, batch, False).logits
+    assert torch.equal(cold, warm)
+
+
+def test_a_negative_budget_is_refused(tiny_root):
+    with pytest.raises(FparError, match="train.eval_memo_mb"):
+        load_config(STAGE1, [*tiny_args(tiny_root), "train.eval_memo_mb=-1"])
+
+
 @pytest.mark.parametrize(
     "config, extra",
     [
@@ -130,3 +157,19 @@ def test_a_stage_with_the_memo_equals_one_without_it_and_decodes_the_test_clips_
     assert on[2].keys() == off[2].keys() and all(torch.equal(on[2][k], off[2][k]) for k in on[2])
     # stage 1: 18 training clips a epoch, and the test clips once with the memo, every epoch without it
     assert off[3] - on[3] == 2 * 6 and on[3] == 3 * 18 + 6
+
+
+def test_several_batches_workers_and_sparse_evaluations_give_the_same_run(tiny_root, tmp_path):
+    """Two evaluation batches (4 + 2 clips), a DataLoader worker (which gets a copy of the held clips as each
+    evaluation starts) and an evaluation every second epoch: the same metrics and weights with the memo as without."""
+    extra = ["train.epochs=4", "train.eval_every=2", "train.eval_batch_size=4", "data.num_workers=1"]
+
+    def run(name, *more):
+        out = tmp_path / name
+        train(load_config(STAGE1, [*tiny_args(tiny_root), *extra, f"out={out}", *more]), log=lambda m: None)
+        return _rows(out), torch.load(out / "last.pt", weights_only=True)["model"]
+
+    off_rows, off_w = run("off", "train.eval_memo_mb=0")
+    on_rows, on_w = run("on")
+    assert on_rows == off_rows and [r["epoch"] for r in on_rows if "val_top1" in r] == [2, 4]
+    assert all(torch.equal(on_w[k], off_w[k]) for k in on_w)

@@ -24,8 +24,9 @@ def _train(root, out, **kw):
 
 def test_final_backbone_does_not_depend_on_the_running_statistics_between_epochs(tiny_root, tmp_path, monkeypatch):
     """The re-estimation runs only after the last epoch, which is exact only if nothing before it reads the running
-    averages: training normalises with batch statistics and draws from (seed, epoch, frame). Garbage written into
-    the running averages at every evaluation before the re-estimate must leave the saved backbone bit-identical."""
+    averages and nothing reads the global RNG (which the earlier re-estimates' loaders moved): training normalises
+    with batch statistics and draws from (seed, epoch, frame). Garbage written into the running averages at every
+    evaluation before the re-estimate, drawn from the global RNG, must leave the saved backbone bit-identical."""
     plain = _train(tiny_root, tmp_path / "a.pt")
     evaluate = pretrain._frame_accuracy
     calls = []  # the training-set sizes the re-estimate was called with

@@ -227,16 +227,23 @@ class FeatureCache:
 
 
 class EvalMemo:
-    """The frozen prefix's features of the evaluation clips, kept in memory from one epoch's evaluation to the next
-    (``train.eval_memo_mb``; the on-disk cache, when a run has one, serves evaluation instead).
+    """The frozen prefix's features of the evaluation clips, kept in host memory from one epoch's evaluation to the
+    next (``train.eval_memo_mb``; the on-disk cache, when a run has one, serves evaluation instead).
 
-    A frozen-trunk stage evaluates the same test clips (the test transform: one draw) through the same frozen prefix
+    A frozen-trunk stage evaluates the same clips (the test transform: one draw) through the same frozen prefix
     after every epoch, so only the first evaluation needs the trunk. Exact: each batch's features are computed as the
     family's own forward computes them, the whole batch at once (`FeatureCachePlan.prefix` on its B·T frames), and
-    kept per batch, which the evaluation loader (no shuffling) gives the same clips in the same order every epoch;
-    so an evaluation from the memo equals one without it bit for bit. Held on the CPU (the values do not change in
-    a copy), up to ``budget`` bytes: the batches beyond it are computed every time. A clip whose features are held
-    is not decoded (`held` is the evaluation dataset's ``skip_rgb``).
+    kept per batch; so an evaluation from the memo equals one without it bit for bit. What that rests on:
+
+    * the prefix does not change: the key holds no weights, and `for_run` gives a memo only to a stage that trains
+      none of the plan's parameters and no BatchNorm in it (`_unusable`, as for the on-disk cache);
+    * the evaluation loader gives the same clips in the same batches every epoch, each clip once: no shuffling,
+      and fpar's evaluation sampler under torchrun (`fpar.engine.distributed`) shards without padding. A batch that
+      arrives with clips skipped (held) but is not held as a whole is an error, not a silent recomputation;
+    * the family's ``plan.forward`` may modify its input: it always gets a copy of what is held.
+
+    Up to ``budget`` bytes (per process): the batches beyond it are decoded and computed every time. A clip whose
+    features are held is not decoded (`held` is the evaluation dataset's ``skip_rgb``).
     """
 
     def __init__(self, plan: FeatureCachePlan, budget: int):
@@ -261,8 +268,11 @@ class EvalMemo:
     def forward(self, model, batch: dict, train: bool) -> Any:
         """The family's evaluation forward, from the held features of this batch's clips when there are some."""
         key = (tuple(batch["index"].tolist()), tuple(batch["draw"].tolist()))
-        feats = self.store.get(key)
-        if feats is None:
+        device = next(model.parameters()).device
+        held = self.store.get(key)
+        if held is not None:
+            feats = _copy(held, device)
+        else:
             rgb = batch["rgb"]
             if not torch.is_tensor(rgb):
                 # the loader skipped clips the memo held, yet not this batch of them: the batches changed
@@ -275,14 +285,21 @@ class EvalMemo:
             feats = f.view(b, t, *f.shape[1:])  # (B, T, ...)
             size = feats.numel() * feats.element_size()
             if self.bytes + size <= self.budget:
-                self.store[key] = feats.to("cpu")
+                self.store[key] = _copy(feats, torch.device("cpu"))
                 self.bytes += size
                 self.held.add(zip(*key))
-        return self.plan.forward(model, feats.to(next(model.parameters()).device), batch, train)
+        return self.plan.forward(model, feats, batch, train)
+
+
+def _copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device`` in storage of its own, with its strides (channels-last stays channels-last)."""
+    out = t.detach().to(device)
+    return out.clone() if out.data_ptr() == t.data_ptr() else out
 
 
 class HeldClips:
-    """Picklable test, for DataLoader workers (a copy each epoch): does the memo hold this clip's features?"""
+    """Picklable test: does the memo hold this clip's features? Read live in the main process; DataLoader workers
+    get a copy as the evaluation starts (the clips held by then)."""
 
     def __init__(self):
         self.clips: set[tuple[int, int]] = set()

@@ -645,8 +645,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             ds.skip_rgb = cache.cached_draws()  # a clip whose features are cached is not decoded
     if memo is not None:
         log(
-            f"evaluation memo: the test clips' features of the frozen prefix up to {memo.plan.name} stay in memory "
-            f"between epochs (up to {cfg.train.eval_memo_mb} MiB, train.eval_memo_mb)"
+            f"evaluation memo: the evaluation clips' features of the frozen prefix up to {memo.plan.name} stay in "
+            f"memory between epochs (up to {cfg.train.eval_memo_mb} MiB, train.eval_memo_mb)"
         )
         select_ds.skip_rgb = memo.held  # a clip whose features are held is not decoded
     select_loader = make_loader(select_ds, cfg, train=False)

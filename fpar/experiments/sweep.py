@@ -70,6 +70,7 @@ _IGNORED_KEYS = {
     "data.num_workers",
     "train.progress",
     "train.device",
+    "train.eval_memo_mb",  # evaluation memory: the same values with or without it
 }
 
 

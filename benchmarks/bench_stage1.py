@@ -16,7 +16,8 @@ Four ways to train the same stage 1 (ResNet-34 trunk frozen, ConvLSTM 512 + clas
 * ``baseline``: written here the way the 2018 code works: each frame through the trunk in a Python loop (frozen
   parameters with ``requires_grad=False``, no ``no_grad``), CAM per frame, the ConvLSTM as eight separate
   convolutions, then backward and Adam;
-* ``fpar``: `fpar.engine.trainer.train` as is (all frames of a batch through the trunk at once, fused gates);
+* ``fpar``: `fpar.engine.trainer.train` as is (all frames of a batch through the trunk at once, fused gates, the
+  evaluations after the first from the frozen prefix's features in memory: ``train.eval_memo_mb``);
 * ``cache_cold``: the trainer with ``data.feature_cache`` starting empty (the schedule includes building it);
 * ``cache_warm``: the trainer with that cache already full.
 

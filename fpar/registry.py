@@ -81,6 +81,8 @@ class FeatureCachePlan:
         params: regexes of the parameters the prefix reads; a stage that trains any of them cannot use the cache.
         forward: ``forward(model, features, batch, train) -> ModelOutput`` from (B, T, ...) features.
         refusal: ``refusal(cfg) -> str | None``: why this configuration cannot use the cache (None: it can).
+        eval_refusal: the same for evaluation alone (`fpar.engine.feature_cache.EvalMemo`), where training-only
+            heads do not run; None: ``refusal``.
         name: where the prefix ends (``"conv5"``, ``"conv4"``): part of the cache's fingerprint, and what the log says.
 
     A family may give several plans, deepest cut first (`ModelSpec.feature_cache`): a run uses the first whose
@@ -93,6 +95,7 @@ class FeatureCachePlan:
     forward: Callable[..., Any]
     refusal: Callable[..., str | None] | None = None
     name: str = "trunk"
+    eval_refusal: Callable[..., str | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,13 @@ def _batch(ds, items):
     return _to(collate_clips([ds[i] for i in items]), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("config, cut", [(STAGE1, "conv5"), (STAGE2, "conv4")])
-def test_the_memo_gives_the_forward_s_logits_bit_for_bit(config, cut, tiny_root):
+MS = ["model.ego_rnn.ms.enabled=true", "model.ego_rnn.ms.layer=conv4"]  # training-only: evaluation never runs it
+
+
+@pytest.mark.parametrize("config, cut, extra", [(STAGE1, "conv5", []), (STAGE2, "conv4", []), (STAGE2, "conv4", MS)])
+def test_the_memo_gives_the_forward_s_logits_bit_for_bit(config, cut, extra, tiny_root):
     """Cold (computed and held), warm (from the memo, the clips not even decoded) and the plain forward agree."""
-    cfg = load_config(config, tiny_args(tiny_root))
+    cfg = load_config(config, [*tiny_args(tiny_root), *extra])
     model, trainable, ds = _model(cfg)
     memo = EvalMemo.for_run(cfg, spec_of(cfg), model, trainable)
     assert memo is not None and memo.plan.name == cut
@@ -122,7 +125,7 @@ def test_a_negative_budget_is_refused(tiny_root):
         (STAGE1, ["train.eval_memo_mb=0"]),  # turned off
         (STAGE1, ["data.feature_cache=CACHE"]),  # the on-disk cache serves evaluation
         (STAGE1, ["train.trainable=[.]"]),  # nothing frozen
-        (STAGE1, ["model.ego_rnn.ms.enabled=true"]),  # the family refuses the cut
+        (STAGE1, ["model.ego_rnn.repflow.enabled=true"]),  # the family refuses the cut: rep-flow mixes frames
     ],
 )
 def test_runs_without_a_frozen_per_frame_prefix_get_no_memo(config, extra, tiny_root, tmp_path):

@@ -21,8 +21,9 @@ the frame geometry and the dataset's manifest: another trunk, size or dataset ne
 atomic (temporary file, then rename), so several processes (DataLoader-free: the trainer's, or DDP ranks) share DIR.
 
 `EvalMemo` (``train.eval_memo_mb``, on by default) is the in-memory sibling for runs without ``DIR``: the same cuts,
-for the evaluation clips only, computed batch by batch exactly as the family's forward does (bit-identical to no
-memo at all), held from one epoch's evaluation to the next.
+for the evaluation clips only (and for runs whose training-only heads, such as Ego-RNN's MS head, keep the disk cache
+away: the plan's ``eval_refusal``), computed batch by batch exactly as the family's forward does (bit-identical to
+no memo at all), held from one epoch's evaluation to the next.
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
     return h.hexdigest()[:20]
 
 
-def _unusable(plan: FeatureCachePlan, cfg, model: torch.nn.Module, trainable: list[str]) -> str | None:
-    """Why this run cannot cache ``plan``'s prefix (a one-line error), or None when it can."""
-    why = plan.refusal(cfg) if plan.refusal is not None else None
+def _unusable(
+    plan: FeatureCachePlan, cfg, model: torch.nn.Module, trainable: list[str], *, evaluation: bool = False
+) -> str | None:
+    """Why this run cannot cache ``plan``'s prefix (a one-line error), or None when it can. ``evaluation``: for the
+    evaluation clips alone (the plan's ``eval_refusal`` where it has one)."""
+    refusal = plan.eval_refusal if evaluation and plan.eval_refusal is not None else plan.refusal
+    why = refusal(cfg) if refusal is not None else None
     if why:
         return f"data.feature_cache cannot be used here: {why}; remove the key for this run"
     pattern = re.compile("|".join(plan.params))
@@ -261,7 +266,7 @@ class EvalMemo:
             return None
         plans = spec.feature_cache if isinstance(spec.feature_cache, tuple) else (spec.feature_cache,)
         for plan in plans:
-            if _unusable(plan, cfg, model, trainable) is None:
+            if _unusable(plan, cfg, model, trainable, evaluation=True) is None:
                 return cls(plan, cfg.train.eval_memo_mb * 2**20)
         return None
 

@@ -416,6 +416,13 @@ def _cache_refusal(cfg) -> str | None:
     return None
 
 
+def _eval_cache_refusal(cfg) -> str | None:
+    """Evaluation runs neither the MS head nor the discriminator: only rep-flow stops a per-frame prefix there."""
+    if cfg.model.ego_rnn.repflow.enabled:
+        return "the representation-flow layer mixes consecutive frames inside the trunk"
+    return None
+
+
 def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:
     t = int(frames) if frames is not None else cfg.data.frames
     min_t = 2 if model.repflow is not None else 1
@@ -467,6 +474,7 @@ SPEC = register_model_spec(
                 params=(r"^backbone\.",),
                 forward=_cache_forward,
                 refusal=_cache_refusal,
+                eval_refusal=_eval_cache_refusal,
                 name="conv5",
             ),
             FeatureCachePlan(
@@ -474,6 +482,7 @@ SPEC = register_model_spec(
                 params=(r"^backbone\.(conv1|bn1|layer1|layer2|layer3)\.",),
                 forward=_cache_forward_conv4,
                 refusal=_cache_refusal,
+                eval_refusal=_eval_cache_refusal,
                 name="conv4",
             ),
         ),

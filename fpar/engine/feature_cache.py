@@ -70,6 +70,11 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
     return h.hexdigest()[:20]
 
 
+def _plans(spec) -> tuple[FeatureCachePlan, ...]:
+    """A family's cuts, deepest first (its spec gives one plan or a tuple of them)."""
+    return spec.feature_cache if isinstance(spec.feature_cache, tuple) else (spec.feature_cache,)
+
+
 def _unusable(
     plan: FeatureCachePlan, cfg, model: torch.nn.Module, trainable: list[str], *, evaluation: bool = False
 ) -> str | None:
@@ -129,12 +134,11 @@ class FeatureCache:
         """The run's cache, or None without ``data.feature_cache``; a one-line error when the run cannot use one."""
         if not cfg.data.feature_cache:
             return None
-        plans = spec.feature_cache
-        if plans is None:
+        if spec.feature_cache is None:
             raise FparError(
                 f"data.feature_cache: model {cfg.model.name} has no frozen per-frame trunk to cache; remove the key"
             )
-        plans = plans if isinstance(plans, tuple) else (plans,)
+        plans = _plans(spec)
         why = None
         for plan in plans:  # deepest cut first: the first whose prefix this stage leaves frozen
             why = _unusable(plan, cfg, model, trainable)
@@ -264,8 +268,7 @@ class EvalMemo:
         turned off, or an on-disk feature cache that serves evaluation already)."""
         if cfg.train.eval_memo_mb <= 0 or cfg.data.feature_cache or spec.feature_cache is None:
             return None
-        plans = spec.feature_cache if isinstance(spec.feature_cache, tuple) else (spec.feature_cache,)
-        for plan in plans:
+        for plan in _plans(spec):
             if _unusable(plan, cfg, model, trainable, evaluation=True) is None:
                 return cls(plan, cfg.train.eval_memo_mb * 2**20)
         return None

@@ -650,6 +650,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         )
         select_ds.skip_rgb = memo.held  # a clip whose features are held is not decoded
     select_loader = make_loader(select_ds, cfg, train=False)
+    eval_prefix = cache if cache is not None else memo  # what serves the frozen prefix in evaluation (or None)
     base = {
         "config": to_dict(cfg),
         "classes": classes,
@@ -682,15 +683,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             writer.wait()  # the previous epoch's checkpoints are on disk before this epoch writes anything
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"], **tr}
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-                ev = evaluate(
-                    model,
-                    select_loader,
-                    cfg,
-                    device,
-                    vocab,
-                    progress=progress,
-                    cache=cache if cache is not None else memo,
-                )
+                ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=eval_prefix)
                 conf = ev.pop("confusion")
                 row.update({f"val_{k}": v for k, v in ev.items()})
                 if chosen not in ev:

@@ -407,20 +407,18 @@ def _cache_forward_conv4(model: EgoRNN, feats: Tensor, batch: dict, train: bool)
     return _cache_forward(model, attended.view(b, t, *attended.shape[1:]), batch, train)
 
 
-def _cache_refusal(cfg) -> str | None:
-    block = cfg.model.ego_rnn
-    if block.repflow.enabled:
-        return "the representation-flow layer mixes consecutive frames inside the trunk"
-    if block.ms.enabled:
-        return "the MS head reads the trunk's conv features of every training clip, which the cache does not keep"
-    return None
-
-
 def _eval_cache_refusal(cfg) -> str | None:
     """Evaluation runs neither the MS head nor the discriminator: only rep-flow stops a per-frame prefix there."""
     if cfg.model.ego_rnn.repflow.enabled:
         return "the representation-flow layer mixes consecutive frames inside the trunk"
     return None
+
+
+def _cache_refusal(cfg) -> str | None:
+    why = _eval_cache_refusal(cfg)
+    if why is None and cfg.model.ego_rnn.ms.enabled:
+        why = "the MS head reads the trunk's conv features of every training clip, which the cache does not keep"
+    return why
 
 
 def _export(model: EgoRNN, cfg, frames: int | None) -> ExportPlan:

@@ -1,7 +1,7 @@
 """Stage-2 training step speed (layer4 + ConvLSTM + classifier trained), fpar against the original code's way.
 
     python benchmarks/bench_stage2.py [--frames 16] [--size 224] [--batch 4] [--rounds 3] [--threads 2]
-                                      [--compile] [--json benchmarks/results/stage2.json]
+                                      [--compile] [--matmul 4096] [--json benchmarks/results/stage2.json]
 
 One Adam step (forward, cross-entropy, backward, update) on the same random clips, in alternating rounds (medians),
 with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
@@ -17,7 +17,11 @@ with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
 Every way runs with denormals flushed to zero, as the trainer runs (``train.flush_denormal``).
 
 The frozen prefix (stem to layer3) keeps no graph in either fpar variant: nothing in it requires grad, so autograd
-records nothing there (tests/test_models.py::test_frozen_trunk_keeps_no_graph). Figures are clips per second.
+records nothing there (tests/test_models.py::test_frozen_trunk_keeps_no_graph). Nor does it in the baseline, whose
+frozen parameters do not require grad either: every way does the same arithmetic. So the step's FLOPs
+(``torch.utils.flop_counter``, forward and backward, counted for the baseline and for fpar) are printed with each way's
+GFLOP/s and its share of a ``--matmul``^3 fp32 matmul timed in the same rounds: what the levers can still give is
+only a higher rate on the same FLOPs. Figures are clips per second.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from fpar import create_model
 from fpar.engine.build import compile_model, to_channels_last
@@ -54,6 +59,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also fpar with train.compile")
+    ap.add_argument("--matmul", type=int, default=4096, help="size of the square fp32 matmul timed for the rate")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     with flush_denormal(True):
@@ -110,13 +116,26 @@ def run(a) -> None:
     for fn in cases.values():
         fn()  # warm-up (and Adam state; compilation)
         fn()
-    times: dict[str, list[float]] = {k: [] for k in cases}
+    # The FLOPs of one step (forward, loss, backward; Adam's elementwise update is not counted), for the two
+    # ways whose arithmetic differs in form: the same count says every lever here only changes the rate.
+    step_flops = {}
+    for name in ("baseline", "fpar"):
+        with FlopCounterMode(display=False) as fc:
+            cases[name]()
+        step_flops[name] = fc.get_total_flops()
+    mat_a, mat_b = torch.randn(a.matmul, a.matmul), torch.randn(a.matmul, a.matmul)
+    cases_timed = {**cases, "matmul": lambda: mat_a @ mat_b}
+    cases_timed["matmul"]()
+    times: dict[str, list[float]] = {k: [] for k in cases_timed}
     for r in range(a.rounds):
-        for name, fn in cases.items() if r % 2 == 0 else list(cases.items())[::-1]:
+        for name, fn in cases_timed.items() if r % 2 == 0 else list(cases_timed.items())[::-1]:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+    mm_rate = 2 * a.matmul**3 / statistics.median(times.pop("matmul"))
     rate = {k: a.batch / statistics.median(v) for k, v in times.items()}
+    # each way's rate from its own count (the fpar ways share one: the same model in another memory format)
+    gflops = {k: step_flops.get(k, step_flops["fpar"]) / statistics.median(v) / 1e9 for k, v in times.items()}
     out = {
         "frames": a.frames,
         "size": a.size,
@@ -127,6 +146,12 @@ def run(a) -> None:
         "fpar_vs_baseline": round(rate["fpar"] / rate["baseline"], 2),
         "fpar_nchw_vs_baseline": round(rate["fpar_nchw"] / rate["baseline"], 2),
         "denormals": "flushed",
+        "step_gflops": {k: round(v / 1e9, 1) for k, v in step_flops.items()},
+        "matmul": f"{a.matmul}^3 fp32",
+        "matmul_gflops_per_s": round(mm_rate / 1e9, 1),
+        "gflops_per_s": {k: round(v, 1) for k, v in gflops.items()},
+        "share_of_matmul_rate": {k: round(v * 1e9 / mm_rate, 3) for k, v in gflops.items()},
+        "rate_needed_for_1.5x": round(1.5 * gflops["baseline"] * 1e9 / mm_rate, 3),
     }
     if a.compile:
         out["fpar_compiled_vs_baseline"] = round(rate["fpar_compiled"] / rate["baseline"], 2)

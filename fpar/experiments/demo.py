@@ -1,4 +1,4 @@
-"""`fpar demo`: the main job, end to end, on the synthetic data (about 10 minutes on a 2-core CPU).
+"""`fpar demo`: the main job, end to end, on the synthetic data (3 to 7 minutes on a 2-core CPU).
 
 1. write the ``demo`` synthetic dataset (14 classes, 196 videos, 4 subjects) unless it is there;
 2. pre-train a resnet18 on single training frames, labelled by noun (stands in for ImageNet, unavailable offline);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Model comparisons on the synthetic `demo` data, 3 seeds each (about an hour on a 2-core CPU for the Ego-RNN rows):
+# Model comparisons on the synthetic `demo` data, 3 seeds each (33 min for the Ego-RNN rows and 52 for the LSTA rows on a 2-core Xeon):
 #   RGB Ego-RNN (stage 1 -> stage 2), + MS (conv5 classification, b&w), + MS (conv4 regression, grid),
 #   + static-dynamic discriminator (alpha 0.1), flow-only, two-stream joint;
 #   LSTA RGB (stage 1 -> stage 2), LSTA's recurrent flow stream, LSTA two-stream (cross-modal fusion).

@@ -159,8 +159,9 @@ def test_a_stage_with_the_memo_equals_one_without_it_and_decodes_the_test_clips_
     on = run("on")
     assert on[0] == off[0] and on[1] == off[1]
     assert on[2].keys() == off[2].keys() and all(torch.equal(on[2][k], off[2][k]) for k in on[2])
-    # stage 1: the same training clips either way; the 6 test clips once with the memo, at all 3 evaluations without
-    assert off[3] - on[3] == 2 * 6
+    # stage 1: 2 training batches of 4 clips an epoch (no batch decoded past train.max_batches), and the 6 test
+    # clips once with the memo, at all 3 evaluations without
+    assert off[3] - on[3] == 2 * 6 and on[3] == 3 * 2 * 4 + 6
 
 
 def test_several_batches_workers_and_sparse_evaluations_give_the_same_run(tiny_root, tmp_path):

@@ -11,6 +11,7 @@ Run folder (``runs/<name>/`` or ``out``)::
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -369,10 +370,8 @@ def train_one_epoch(
         if progress
         else source
     )
-    for i, batch in enumerate(_batches(source, it)):
-        if cfg.train.max_batches and i >= cfg.train.max_batches:
-            _stop_workers(source)  # the rest of the epoch is not read (train.max_batches)
-            break
+    # train.max_batches: islice stops before the loader decodes a batch that would not be used
+    for i, batch in enumerate(itertools.islice(_batches(source, it), total)):
         batch = _to(batch, device)
         try:
             loss, logits, parts = step(batch, device)
@@ -417,6 +416,8 @@ def train_one_epoch(
             sums[k] = sums.get(k, 0.0) + v * own
         if progress:
             it.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.3f}", acc=f"{100 * correct / max(seen, 1):.1f}")
+    if total < len(loader):
+        _stop_workers(source)  # the rest of the epoch is not read (train.max_batches)
     if d.enabled:  # the epoch's figures over every process's samples
         keys = sorted(sums)
         tot = distributed.all_sum([seen, correct, *(sums[k] for k in keys)])

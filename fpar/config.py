@@ -182,6 +182,12 @@ class TrainConfig:
     # Activation checkpointing of the per-frame trunk: keep its inputs and outputs, recompute the rest in backward
     # (memory for 25 frames; about a third more compute when the trunk trains). No effect on frozen trunks.
     checkpoint: bool = False
+    # Frames per trunk call where a trunk records nothing for backward (frozen, eval-mode BN): stage 1's whole
+    # trunk, stage 2's stem to layer3, evaluation. Chunks keep each layer's maps in the CPU's caches: ResNet-34's
+    # forward on 128 frames at 224 px was 1.23x faster 8 at a time than all at once on 2 cores (16: 1.17x; one at a
+    # time, as the 2018 code: 0.83x; benchmarks/bench_trunk_chunk.py). Same values up to float rounding (bit-equal
+    # there). 0: the whole batch at once (a GPU may prefer it: not measured).
+    frozen_chunk: int = 8
     # Convolution weights (4-D) in channels_last memory format, so the convs run NHWC (oneDNN on CPU, cuDNN on GPU):
     # a stage-2 step 1.57x at 112 px, 1.03x at 224 px on a 2-core CPU (benchmarks/bench_stage2.py). Same values up to
     # float rounding.
@@ -576,6 +582,7 @@ def validate(cfg: ExperimentConfig) -> None:
         "train.eval_every": (cfg.train.eval_every, 1),
         "train.eval_memo_mb": (cfg.train.eval_memo_mb, 0),
         "train.max_batches": (cfg.train.max_batches, 0),
+        "train.frozen_chunk": (cfg.train.frozen_chunk, 0),
         "data.num_workers": (cfg.data.num_workers, 0),
         "seed": (cfg.seed, 0),
         "data.flow_stacks_test": (cfg.data.flow_stacks_test, 1),

@@ -341,6 +341,44 @@ def test_channels_last_step_equals_the_default_layout():
         assert_same_step(model, fast)
 
 
+@pytest.mark.parametrize("stage", [STAGE1, STAGE2])
+def test_frozen_chunk_equals_the_whole_batch(stage):
+    """train.frozen_chunk: a trunk that records nothing (stage 1: all of it; stage 2: the stem to layer3) runs its
+    frames in chunks, with the same outputs and the same step's gradients (to float rounding); with a BatchNorm
+    that trains, or a trunk that trains from its stem, the batch goes through whole."""
+    model = tiny_ego()
+    apply_trainable(model, stage)
+    set_train_mode(model, [])
+    chunked = copy.deepcopy(model)
+    chunked.backbone.frozen_chunk = 4
+    calls = []
+    chunked.backbone.conv1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    last = chunked.backbone.layer4[-1].conv1
+    last.register_forward_hook(lambda m, i, o: calls.append(("layer4", i[0].shape[0])))
+    x = torch.randn(2, 5, 3, S, S)  # 10 frames: chunks of 4, 4, 2
+    with torch.no_grad():
+        ref, out = model.backbone(x.flatten(0, 1)), chunked.backbone(x.flatten(0, 1))
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert calls == [4, ("layer4", 4), 4, ("layer4", 4), 2, ("layer4", 2)]  # no graph at all: layer4 chunked too
+    calls.clear()
+    assert_same_step(model, chunked)  # 6 frames
+    if stage is STAGE2:  # layer4 trains: it takes the whole batch, the prefix before it is chunked
+        assert calls == [4, 2, ("layer4", 6)]
+    else:
+        assert calls == [4, ("layer4", 4), 2, ("layer4", 2)]
+    calls.clear()
+    set_train_mode(chunked, [r"^backbone\.bn1$"])  # a BN that trains: batch statistics need every frame at once
+    with torch.no_grad():
+        chunked.backbone(x.flatten(0, 1))
+    assert calls == [10, ("layer4", 10)]
+    calls.clear()
+    apply_trainable(chunked, stage + [r"^backbone\.conv1\."])  # a graph from the stem on: nothing to chunk
+    set_train_mode(chunked, [])
+    chunked(x)
+    assert calls == [10, ("layer4", 10)]
+
+
 def test_every_spec_names_compile_targets_its_model_has():
     """ModelSpec.compile names submodules (train.compile); a misspelt one would only show up on a long run."""
     from fpar.registry import model_specs

@@ -571,9 +571,10 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     dtype = amp_dtype(cfg, device)  # train.amp: decided (or refused) before anything is written
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     trainable = apply_trainable(model, resolve_trainable(cfg))
-    for m in model.modules():  # train.checkpoint: every ResNet trunk of the model (streams included)
+    for m in model.modules():  # train.checkpoint, train.frozen_chunk: every ResNet trunk (streams included)
         if isinstance(m, ResNetTrunk):
             m.checkpoint = cfg.train.checkpoint
+            m.frozen_chunk = cfg.train.frozen_chunk
     cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
     memo = EvalMemo.for_run(cfg, spec_of(cfg), model, trainable)  # None with a cache: the cache serves evaluation
     model.to(device)

@@ -164,9 +164,55 @@ class ResNetTrunk(nn.Module):
             return {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if len(outs) > 1 else outs[0]
         return self._features(x)
 
+    # Frames in chunks where the trunk records nothing for backward (``frozen_chunk`` frames at a time, set by the
+    # engine from ``train.frozen_chunk``; 0: all at once). A frozen trunk's B·T frames go through 8 at a time
+    # rather than 128 at once, so each layer's maps stay in the CPU's caches: at 128 frames and 224 px, conv1's map
+    # alone is 411 MB, and the BN, ReLU, pooling and residual adds are passes over memory. The trunk's forward was
+    # 1.23x faster that way on 2 cores (benchmarks/bench_trunk_chunk.py). Where the whole trunk is frozen, the
+    # convolutions run in chunks and the fc once on all of conv5; where only the stem to layer3 is (Ego-RNN's
+    # stage 2), that prefix runs in chunks and layer4 on the whole batch. Frozen (eval-mode) BN works frame by
+    # frame, so the values are the same up to float rounding (bit-equal in that benchmark); with a BN that
+    # trains, or a graph to record, the batch goes through whole.
+    frozen_chunk: int = 0
+
+    def _records_nothing(self, x: Tensor, modules: tuple[nn.Module, ...]) -> bool:
+        """True when ``modules`` run on ``x`` frame by frame without a graph: no BN in train mode and no tensor
+        that requires grad (or grad mode off)."""
+        for mod in modules:
+            for m in mod.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                    return False  # batch statistics: a chunk would normalise with other numbers
+        if not torch.is_grad_enabled():
+            return True
+        return not x.requires_grad and not any(p.requires_grad for mod in modules for p in mod.parameters())
+
     def _features(self, x: Tensor) -> dict[str, Tensor]:
+        chunk = self.frozen_chunk
+        if chunk > 0 and x.shape[0] > chunk:
+            if self._records_nothing(x, (self,)):
+                parts = [self._convs(c) for c in x.split(chunk)]
+                out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # each (B·T, C, h, w)
+                out["logits"] = self.logits_from(out["conv5"])  # (B·T, num_classes): one fc, as without chunks
+                return out
+            prefix = (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)
+            if self._records_nothing(x, prefix):
+                parts = [self._to_conv4(c) for c in x.split(chunk)]
+                conv3 = torch.cat([p[0] for p in parts])  # (B·T, C3, H/8, W/8)
+                conv4 = torch.cat([p[1] for p in parts])  # (B·T, C4, H/16, W/16)
+                return {"conv3": conv3, "conv4": conv4, **self.forward_from(conv4, "conv4")}
         conv3 = self.layer2(self.layer1(self.stem(x)))
         return {"conv3": conv3, **self.forward_from(conv3, "conv3")}
+
+    def _to_conv4(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, in_chans, H, W) -> (layer2 output, layer3 output)."""
+        conv3 = self.layer2(self.layer1(self.stem(x)))
+        return conv3, self.layer3(conv3)
+
+    def _convs(self, x: Tensor) -> dict[str, Tensor]:
+        """The trunk's maps without the fc: {'conv3', 'conv4', 'conv5', 'conv5_nobn'}."""
+        conv3, conv4 = self._to_conv4(x)
+        conv5, nobn = self._last_stage(conv4)
+        return {"conv3": conv3, "conv4": conv4, "conv5": conv5, "conv5_nobn": nobn}
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_features(x)

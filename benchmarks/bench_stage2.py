@@ -10,7 +10,9 @@ with the same weights (ResNet-34 trunk, ConvLSTM 512, CAM):
   with ``requires_grad=False``), CAM per frame, the ConvLSTM as eight separate convolutions;
 * ``fpar_nchw``: fpar's model (all frames of the batch through the trunk at once, per-gate ConvLSTM) in the
   default memory format;
-* ``fpar``: the same with ``train.channels_last`` (the trainer's default): conv weights in channels_last;
+* ``fpar_whole``: the same with ``train.channels_last``: conv weights in channels_last;
+* ``fpar``: the trainer's defaults: channels_last, and the frozen prefix run ``train.frozen_chunk`` frames at a time
+  (layer4 and the rest on the whole batch);
 * ``fpar_compiled`` (``--compile``): that, with ``train.compile`` (the trunk and the ConvLSTM cell compiled by
   inductor; the compilation is in the warm-up, not timed).
 
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fpar import create_model
+from fpar.config import TrainConfig
 from fpar.engine.build import compile_model, to_channels_last
 from fpar.engine.stages import apply_trainable, set_train_mode
 from fpar.models.layers.attention import cam_attention
@@ -90,7 +93,9 @@ def run(a) -> None:
         return head.outputs(base.dropout(state[1].mean(dim=(2, 3))))["logits"]
 
     nchw = copy.deepcopy(model)
+    whole = to_channels_last(copy.deepcopy(model))
     nhwc = to_channels_last(copy.deepcopy(model))
+    nhwc.backbone.frozen_chunk = TrainConfig().frozen_chunk  # as the trainer sets it
 
     def stepper(params, logits_fn):
         opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=1e-4, eps=1e-4)
@@ -107,6 +112,7 @@ def run(a) -> None:
     cases = {
         "baseline": stepper(base_params, baseline_logits),
         "fpar_nchw": stepper(nchw.parameters(), lambda: nchw(x).logits),
+        "fpar_whole": stepper(whole.parameters(), lambda: whole(x).logits),
         "fpar": stepper(nhwc.parameters(), lambda: nhwc(x).logits),
     }
     if a.compile:
@@ -145,6 +151,8 @@ def run(a) -> None:
         "clips_per_s": {k: round(v, 3) for k, v in rate.items()},
         "fpar_vs_baseline": round(rate["fpar"] / rate["baseline"], 2),
         "fpar_nchw_vs_baseline": round(rate["fpar_nchw"] / rate["baseline"], 2),
+        "fpar_whole_vs_baseline": round(rate["fpar_whole"] / rate["baseline"], 2),
+        "frozen_chunk": nhwc.backbone.frozen_chunk,
         "denormals": "flushed",
         "step_gflops": {k: round(v / 1e9, 1) for k, v in step_flops.items()},
         "matmul": f"{a.matmul}^3 fp32",

@@ -13,8 +13,8 @@ Exact: the prefix (`fpar.registry.FeatureCachePlan.prefix`) runs on one clip at 
 then written or read, and the file holds the very float32 values used (``data.feature_cache_dtype=float16``
 halves the size and is approximate: the run then uses the rounded values, read or not). A run with a warm cache is
 bit-identical to the same run with an empty one. Against a run without the cache, which puts the whole batch
-through the trunk at once, the features differ by float rounding only (convolutions sum in another order for
-another batch size), about 1e-6 relative.
+through the trunk (``train.frozen_chunk`` frames per call), the features differ by float rounding only
+(convolutions may sum in another order for another batch size), about 1e-6 relative.
 
 Entries live under ``DIR/<fingerprint>/``, where the fingerprint hashes the prefix's weights, the model settings,
 the frame geometry and the dataset's manifest: another trunk, size or dataset never reads stale features. Writes are

@@ -10,7 +10,8 @@
             frames repeated T times ──> avg pool ──> dropout ──> linear(2)
 
 Deliberate choices (reference-spec §1, §4, §5, §6):
-* frames go through the trunk as one (B·T)-batch instead of a Python loop over T (same result, faster);
+* frames go through the trunk as one (B·T)-batch instead of a Python loop over T (same result, faster; a frozen
+  trunk takes them ``train.frozen_chunk`` frames at a time, for the CPU's caches);
 * without CAM the ConvLSTM reads the no-BN features (ga1i13o / rm-wu / Erosinho), not the BN+ReLU ones;
 * the pooled feature is the cell state c_T, as in the original code (not h_T);
 * the discriminator's static clip is one augmented frame repeated T times; because the trunk works frame by

@@ -116,7 +116,7 @@ def run(a) -> None:
         "fpar": stepper(nhwc.parameters(), lambda: nhwc(x).logits),
     }
     if a.compile:
-        compiled = to_channels_last(copy.deepcopy(model))
+        compiled = copy.deepcopy(nhwc)  # the trainer's defaults (channels_last, frozen_chunk), then compiled
         compile_model(compiled, model_spec("ego_rnn"))
         cases["fpar_compiled"] = stepper(compiled.parameters(), lambda: compiled(x).logits)
     for fn in cases.values():

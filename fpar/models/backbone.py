@@ -158,10 +158,8 @@ class ResNetTrunk(nn.Module):
         if self.checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             from torch.utils.checkpoint import checkpoint
 
-            bn_training = any(m.training for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-            chunks = [x] if bn_training else list(x.split(self.checkpoint_chunk))  # BN statistics need the batch
-            outs = [checkpoint(self._features, c, use_reentrant=False) for c in chunks]
-            return {k: torch.cat([o[k] for o in outs]) for k in outs[0]} if len(outs) > 1 else outs[0]
+            chunks = [x] if _bn_trains(self) else list(x.split(self.checkpoint_chunk))  # BN statistics need the batch
+            return _cat_frames([checkpoint(self._features, c, use_reentrant=False) for c in chunks])
         return self._features(x)
 
     # Frames in chunks where the trunk records nothing for backward (``frozen_chunk`` frames at a time, set by the
@@ -178,41 +176,38 @@ class ResNetTrunk(nn.Module):
     def _records_nothing(self, x: Tensor, modules: tuple[nn.Module, ...]) -> bool:
         """True when ``modules`` run on ``x`` frame by frame without a graph: no BN in train mode and no tensor
         that requires grad (or grad mode off)."""
-        for mod in modules:
-            for m in mod.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-                    return False  # batch statistics: a chunk would normalise with other numbers
+        if any(_bn_trains(mod) for mod in modules):
+            return False  # batch statistics: a chunk would normalise with other numbers
         if not torch.is_grad_enabled():
             return True
         return not x.requires_grad and not any(p.requires_grad for mod in modules for p in mod.parameters())
 
     def _features(self, x: Tensor) -> dict[str, Tensor]:
         chunk = self.frozen_chunk
-        if chunk > 0 and x.shape[0] > chunk:
-            if self._records_nothing(x, (self,)):
-                parts = [self._convs(c) for c in x.split(chunk)]
-                out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # each (B·T, C, h, w)
-                out["logits"] = self.logits_from(out["conv5"])  # (B·T, num_classes): one fc, as without chunks
-                return out
-            prefix = (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)
-            if self._records_nothing(x, prefix):
-                parts = [self._to_conv4(c) for c in x.split(chunk)]
-                conv3 = torch.cat([p[0] for p in parts])  # (B·T, C3, H/8, W/8)
-                conv4 = torch.cat([p[1] for p in parts])  # (B·T, C4, H/16, W/16)
-                return {"conv3": conv3, "conv4": conv4, **self.forward_from(conv4, "conv4")}
-        conv3 = self.layer2(self.layer1(self.stem(x)))
-        return {"conv3": conv3, **self.forward_from(conv3, "conv3")}
+        chunked = x.shape[0] > chunk > 0
+        prefix = (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)
+        if chunked and self._records_nothing(x, (self,)):
+            out = _cat_frames([self._convs(c) for c in x.split(chunk)])  # each map (B·T, C, h, w)
+        elif chunked and self._records_nothing(x, prefix):
+            out = self._from_conv4(_cat_frames([self._to_conv4(c) for c in x.split(chunk)]))  # layer4 whole
+        else:
+            out = self._convs(x)
+        out["logits"] = self.logits_from(out["conv5"])  # (B·T, num_classes): one fc on every frame, chunks or not
+        return out
 
-    def _to_conv4(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, in_chans, H, W) -> (layer2 output, layer3 output)."""
+    def _to_conv4(self, x: Tensor) -> dict[str, Tensor]:
+        """(N, in_chans, H, W) -> {'conv3': layer2 output, 'conv4': layer3 output}."""
         conv3 = self.layer2(self.layer1(self.stem(x)))
-        return conv3, self.layer3(conv3)
+        return {"conv3": conv3, "conv4": self.layer3(conv3)}
+
+    def _from_conv4(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Adds layer4's 'conv5' and 'conv5_nobn' (from ``maps['conv4']``) to ``maps``; returns it."""
+        maps["conv5"], maps["conv5_nobn"] = self._last_stage(maps["conv4"])
+        return maps
 
     def _convs(self, x: Tensor) -> dict[str, Tensor]:
         """The trunk's maps without the fc: {'conv3', 'conv4', 'conv5', 'conv5_nobn'}."""
-        conv3, conv4 = self._to_conv4(x)
-        conv5, nobn = self._last_stage(conv4)
-        return {"conv3": conv3, "conv4": conv4, "conv5": conv5, "conv5_nobn": nobn}
+        return self._from_conv4(self._to_conv4(x))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_features(x)
@@ -232,7 +227,7 @@ class ResNetTrunk(nn.Module):
         Raises:
             RuntimeError: a BN is in training mode (its batch statistics are not a fixed affine map).
         """
-        if any(m.training for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        if _bn_trains(self):
             raise RuntimeError("fold_batchnorm needs every BatchNorm in eval mode: call model.eval() first")
 
         def fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
@@ -266,6 +261,16 @@ class ResNetTrunk(nn.Module):
                 ds[1] = nn.Identity()
                 folded += 1
         return folded
+
+
+def _bn_trains(module: nn.Module) -> bool:
+    """Whether a BatchNorm inside ``module`` is in train mode (batch statistics: its output depends on the batch)."""
+    return any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def _cat_frames(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Maps computed chunk by chunk, joined back along the frame dimension (one chunk: as it is)."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if len(parts) > 1 else parts[0]
 
 
 def fold_batchnorm(model: nn.Module) -> int:

@@ -48,6 +48,7 @@ from ..errors import FparError
 from ..registry import ExportPlan, ModelSpec, StreamSlot, register_model_spec
 from .backbone import ResNetTrunk, build_trunk, resolve_backbone_classes
 from .heads import ActionHead, make_classifier
+from .layers.attention import select_rows
 from .layers.conv_lstm import ConvLSTMCell
 from .layers.lsta_cell import LSTACell
 from .outputs import LogitsOnly, LossTerm, ModelOutput
@@ -96,7 +97,8 @@ class LSTA(nn.Module):
         fc = self.backbone.fc
         with torch.no_grad():  # only the argmax is used: fc.bias gets no gradient
             k = self.backbone.logits_from(conv5).argmax(dim=1)  # (B*T,)
-        cam = torch.bmm(fc.weight[k].unsqueeze(1), conv5.reshape(n, c, h * w))  # (B*T, 1, h*w), grad to fc.weight
+        class_w = select_rows(fc.weight, k)  # (B*T, C), grad to fc.weight (reproducible: see select_rows)
+        cam = torch.bmm(class_w.unsqueeze(1), conv5.reshape(n, c, h * w))  # (B*T, 1, h*w)
         return x.view(b, t, c, h, w), cam.view(b, t, 1, h, w)
 
     def forward(self, rgb: Tensor, *, with_ms: bool | None = None) -> ModelOutput:

@@ -13,6 +13,8 @@ residual sum) and so the reported numbers. The reference gives no reason beyond 
 Gradients: the argmax is not differentiable, so the logits are computed without autograd. ``fc_weight`` gets a
 gradient through the selected CAM rows (so training ``fc`` in stage 2 changes the attention); ``fc_bias`` only enters
 the argmax and gets none. ``features_bn`` gets a gradient through the CAM, ``features_nobn`` through the product.
+The class rows are gathered with `select_rows`, so that ``fc_weight``'s gradient is the same bit for bit from run to
+run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def select_rows(weight: Tensor, index: Tensor) -> Tensor:
+    """``weight[index]`` for a (K, C) weight and (N,) int64 index -> (N, C), with a reproducible gradient.
+
+    Why not ``weight[index]``: the backward of advanced indexing is ``index_put_(accumulate=True)``, which on a
+    multi-threaded CPU adds the rows of a class picked by several frames with parallel atomic adds, in a different
+    order each run, so the weight's gradient differs by ~1e-6 between two identical runs (seen on stage 2's
+    ``backbone.fc.weight``: every other gradient was equal bit for bit). ``index_select``'s backward is
+    ``index_add_``, serial over the index, so the sum has one order. The forward is the same copy either way.
+    """
+    return weight.index_select(0, index)
 
 
 def cam_attention(
@@ -51,7 +65,7 @@ def cam_attention(
         logits = F.linear(features_bn.mean(dim=(2, 3)), fc_weight, fc_bias)  # (B, K)
         winning = logits.argmax(dim=1)  # (B,)
 
-    class_w = fc_weight[winning]  # (B, C): differentiable w.r.t. fc_weight
+    class_w = select_rows(fc_weight, winning)  # (B, C): differentiable w.r.t. fc_weight
     cam = torch.bmm(class_w.unsqueeze(1), features_bn.reshape(b, c, h * w))  # (B, 1, h*w)
     attn = F.softmax(cam.squeeze(1), dim=1)  # (B, h*w): probability over positions
     attn = attn.reshape(b, 1, h, w)  # (B, 1, h, w)

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import select_rows
+
 ATTENTION_GATES: tuple[str, ...] = ("i", "f", "a", "o")
 MEMORY_GATES: tuple[str, ...] = ("i", "f", "c")
 
@@ -120,7 +122,8 @@ class LSTACell(nn.Module):
         with torch.no_grad():  # only the argmax is used: W_p gets no gradient, W_c none through this path
             z = self.c_classifier(c.mean(dim=(2, 3))) + self.coupling_fc(x_bar.mean(dim=(2, 3)))  # (B, out_pool)
             k = z.argmax(dim=1)  # (B,)
-        c_hat = self.c_classifier.weight[k][:, :, None, None] * c  # (B, mem, h, w): W_c[k'] re-weights channels
+        w_k = select_rows(self.c_classifier.weight, k)  # (B, mem): W_c[k'], reproducible grad (see select_rows)
+        c_hat = w_k[:, :, None, None] * c  # (B, mem, h, w): W_c[k'] re-weights channels
         o = torch.sigmoid(self.conv_o_h(h) + self.conv_o_c(c_hat))
         return x_bar, u, (a, s, c, o)
 

@@ -25,6 +25,15 @@ from fpar.models.layers.conv_lstm import ConvLSTMCell
 
 
 @pytest.fixture
+def two_threads():
+    """Parallel index_put_ (the non-reproducible sum `select_rows` avoids) only runs with more than one thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def one_thread():
     """Tiny ops (gradcheck runs thousands) are ~100x slower with 2 intra-op threads on a busy 2-core box."""
     n = torch.get_num_threads()
@@ -225,31 +234,20 @@ def test_cam_attention_numbers_and_gradients():
     assert torch.equal(a2, attended) and torch.equal(m2, attn) and torch.equal(w2, win)
 
 
-def _two_threads():
-    """Parallel index_put_ only runs with more than one intra-op thread; set two (restored by the caller)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    return n
-
-
-def test_select_rows_gradient_is_reproducible_and_exact():
+def test_select_rows_gradient_is_reproducible_and_exact(two_threads):
     # 128 frames, 512 channels (stage 2's B*T and ResNet's C) picking among three classes, so every row repeats: with
     # weight[index] the accumulated gradient came out in a different order on most runs on a 2-thread CPU (~4e-6)
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(10, 512, generator=g, dtype=torch.float32)
     index = torch.randint(0, 3, (128,), generator=g)
     upstream = torch.randn(128, 512, generator=g)
-    n = _two_threads()
-    try:
-        grads = []
-        for _ in range(40):
-            w = weight.clone().requires_grad_(True)
-            rows = select_rows(w, index)
-            assert torch.equal(rows, weight[index])  # the forward is the plain gather
-            rows.backward(upstream)
-            grads.append(w.grad)
-    finally:
-        torch.set_num_threads(n)
+    grads = []
+    for _ in range(40):
+        w = weight.clone().requires_grad_(True)
+        rows = select_rows(w, index)
+        assert torch.equal(rows, weight[index])  # the forward is the plain gather
+        rows.backward(upstream)
+        grads.append(w.grad)
     assert all(torch.equal(x, grads[0]) for x in grads[1:])
     # each row's gradient is the sum of the upstream rows of the frames that picked it (float64 by hand)
     by_hand = torch.zeros(10, 512, dtype=torch.float64)
@@ -259,20 +257,16 @@ def test_select_rows_gradient_is_reproducible_and_exact():
     assert torch.count_nonzero(grads[0][3:]) == 0
 
 
-def test_cam_attention_fc_gradient_is_reproducible():
+def test_cam_attention_fc_gradient_is_reproducible(two_threads):
     torch.manual_seed(1)
     f_bn = torch.relu(torch.randn(128, 512, 2, 2))
     fc = torch.nn.Linear(512, 5)
-    n = _two_threads()
-    try:
-        grads = []
-        for _ in range(20):
-            fc.weight.grad = None
-            attended, _, win = cam_attention(f_bn, f_bn, fc.weight, fc.bias)
-            attended.square().sum().backward()
-            grads.append(fc.weight.grad.clone())
-    finally:
-        torch.set_num_threads(n)
+    grads = []
+    for _ in range(20):
+        fc.weight.grad = None
+        attended, _, win = cam_attention(f_bn, f_bn, fc.weight, fc.bias)
+        attended.square().sum().backward()
+        grads.append(fc.weight.grad.clone())
     assert len(set(win.tolist())) < 128  # classes repeat, the case that was not reproducible
     assert all(torch.equal(x, grads[0]) for x in grads[1:])
 

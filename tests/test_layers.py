@@ -18,7 +18,7 @@ from fpar.models.backbone import (
     imagenet_checkpoint_path,
     set_batchnorm_eval,
 )
-from fpar.models.layers.attention import CAMAttention, cam_attention, select_rows
+from fpar.models.layers.attention import CAMAttention, cam_attention, class_activation_map, select_rows
 from fpar.models.layers.conv_lstm import ConvLSTMCell
 
 # ------------------------------------------------------------------------------------------------ ConvLSTM
@@ -232,6 +232,31 @@ def test_cam_attention_numbers_and_gradients():
     # the module wrapper reads the fc at call time
     a2, m2, w2 = CAMAttention()(f_bn, f_nobn, fc)
     assert torch.equal(a2, attended) and torch.equal(m2, attn) and torch.equal(w2, win)
+
+
+def test_class_activation_map_is_the_winning_rows_dot_product_and_feeds_cam_attention():
+    torch.manual_seed(5)
+    B, C, h, w, K = 4, 6, 3, 5, 7
+    f_bn = torch.relu(torch.randn(B, C, h, w)).requires_grad_(True)
+    fc = torch.nn.Linear(C, K)
+    cam, win = class_activation_map(f_bn, fc.weight, fc.bias)
+
+    assert cam.shape == (B, 1, h, w) and win.shape == (B,)
+    assert torch.equal(win, fc(f_bn.mean(dim=(2, 3))).argmax(1))
+    by_hand = torch.einsum("bc,bchw->bhw", fc.weight[win].double(), f_bn.double())  # (B, h, w)
+    torch.testing.assert_close(cam[:, 0].double(), by_hand, rtol=1e-6, atol=1e-6)
+    # raw, not normalised: negative values survive (the LSTA prior is used before any softmax)
+    assert (cam < 0).any()
+
+    # cam_attention is its softmax over positions, bit for bit
+    _, attn, win2 = cam_attention(f_bn, f_bn, fc.weight, fc.bias)
+    assert torch.equal(win2, win)
+    assert torch.equal(attn, torch.softmax(cam.flatten(1), 1).view(B, 1, h, w))
+
+    cam.sum().backward()
+    assert fc.bias.grad is None and f_bn.grad is not None
+    with pytest.raises(ValueError, match="fc_weight must be"):
+        class_activation_map(f_bn, torch.ones(K, C + 1))
 
 
 def test_select_rows_gradient_is_reproducible_and_exact(two_threads):

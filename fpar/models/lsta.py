@@ -48,7 +48,7 @@ from ..errors import FparError
 from ..registry import ExportPlan, ModelSpec, StreamSlot, register_model_spec
 from .backbone import ResNetTrunk, build_trunk, resolve_backbone_classes
 from .heads import ActionHead, make_classifier
-from .layers.attention import select_rows
+from .layers.attention import class_activation_map
 from .layers.conv_lstm import ConvLSTMCell
 from .layers.lsta_cell import LSTACell
 from .outputs import LogitsOnly, LossTerm, ModelOutput
@@ -93,12 +93,9 @@ class LSTA(nn.Module):
         b, t = rgb.shape[:2]
         feats = self.backbone.forward_features(rgb.flatten(0, 1))  # (B*T, 3, H, W) in
         conv5, x = feats["conv5"], feats["conv5_nobn"]  # (B*T, C, h, w) each
-        n, c, h, w = conv5.shape
+        _, c, h, w = conv5.shape
         fc = self.backbone.fc
-        with torch.no_grad():  # only the argmax is used: fc.bias gets no gradient
-            k = self.backbone.logits_from(conv5).argmax(dim=1)  # (B*T,)
-        class_w = select_rows(fc.weight, k)  # (B*T, C), grad to fc.weight (reproducible: see select_rows)
-        cam = torch.bmm(class_w.unsqueeze(1), conv5.reshape(n, c, h * w))  # (B*T, 1, h*w)
+        cam, _ = class_activation_map(conv5, fc.weight, fc.bias)  # (B*T, 1, h, w); fc.bias only picks the class
         return x.view(b, t, c, h, w), cam.view(b, t, 1, h, w)
 
     def forward(self, rgb: Tensor, *, with_ms: bool | None = None) -> ModelOutput:

@@ -15,6 +15,9 @@ gradient through the selected CAM rows (so training ``fc`` in stage 2 changes th
 the argmax and gets none. ``features_bn`` gets a gradient through the CAM, ``features_nobn`` through the product.
 The class rows are gathered with `select_rows`, so that ``fc_weight``'s gradient is the same bit for bit from run to
 run.
+
+`class_activation_map` is the raw CAM (winning class, row gather, dot product at every position) that both Ego-RNN's
+`cam_attention` (which softmaxes it) and LSTA's attention prior (which uses it raw, ``lsta.py``) start from.
 """
 
 from __future__ import annotations
@@ -36,10 +39,40 @@ def select_rows(weight: Tensor, index: Tensor) -> Tensor:
     return weight.index_select(0, index)
 
 
+def class_activation_map(
+    features_bn: Tensor, fc_weight: Tensor, fc_bias: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Raw (un-normalised) CAM of each sample's winning ImageNet class: the part Ego-RNN and LSTA share.
+
+    Args:
+        features_bn: (B, C, h, w) BN+ReLU features of the last block (what the fc classifies).
+        fc_weight: (K, C) classifier weight (ImageNet fc: K = 1000). Read at call time, so training it matters.
+        fc_bias: (K,) or None; used only to pick the winning class.
+
+    Returns:
+        cam: (B, 1, h, w) = fc_weight[winning] . features_bn at every position; differentiable w.r.t. both.
+        winning_class: (B,) int64, argmax of avgpool(features_bn) @ fc_weight.T + fc_bias (first index on ties).
+    """
+    if features_bn.dim() != 4:
+        raise ValueError(f"features_bn must be (B, C, h, w), got {tuple(features_bn.shape)}")
+    b, c, h, w = features_bn.shape
+    if fc_weight.dim() != 2 or fc_weight.shape[1] != c:
+        raise ValueError(f"fc_weight must be (K, {c}), got {tuple(fc_weight.shape)}")
+
+    with torch.no_grad():  # only the argmax of these logits is used, and it has no gradient
+        logits = F.linear(features_bn.mean(dim=(2, 3)), fc_weight, fc_bias)  # (B, K)
+        winning = logits.argmax(dim=1)  # (B,)
+
+    class_w = select_rows(fc_weight, winning)  # (B, C): differentiable w.r.t. fc_weight
+    cam = torch.bmm(class_w.unsqueeze(1), features_bn.reshape(b, c, h * w))  # (B, 1, h*w)
+    return cam.view(b, 1, h, w), winning
+
+
 def cam_attention(
     features_bn: Tensor, features_nobn: Tensor, fc_weight: Tensor, fc_bias: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """CAM attention for one frame of a batch.
+    """CAM attention for one frame of a batch: `class_activation_map` softmaxed over positions, times the no-BN
+    features.
 
     Args:
         features_bn: (B, C, h, w) BN+ReLU features of the last block (what the fc classifies).
@@ -57,17 +90,9 @@ def cam_attention(
             f"features_bn and features_nobn must both be (B, C, h, w) of the same shape, "
             f"got {tuple(features_bn.shape)} and {tuple(features_nobn.shape)}"
         )
-    b, c, h, w = features_bn.shape
-    if fc_weight.dim() != 2 or fc_weight.shape[1] != c:
-        raise ValueError(f"fc_weight must be (K, {c}), got {tuple(fc_weight.shape)}")
-
-    with torch.no_grad():  # only the argmax of these logits is used, and it has no gradient
-        logits = F.linear(features_bn.mean(dim=(2, 3)), fc_weight, fc_bias)  # (B, K)
-        winning = logits.argmax(dim=1)  # (B,)
-
-    class_w = select_rows(fc_weight, winning)  # (B, C): differentiable w.r.t. fc_weight
-    cam = torch.bmm(class_w.unsqueeze(1), features_bn.reshape(b, c, h * w))  # (B, 1, h*w)
-    attn = F.softmax(cam.squeeze(1), dim=1)  # (B, h*w): probability over positions
+    b, _, h, w = features_bn.shape
+    cam, winning = class_activation_map(features_bn, fc_weight, fc_bias)  # (B, 1, h, w), (B,)
+    attn = F.softmax(cam.flatten(1), dim=1)  # (B, h*w): probability over positions
     attn = attn.reshape(b, 1, h, w)  # (B, 1, h, w)
     attended = features_nobn * attn  # (B, C, h, w)
     return attended, attn, winning

@@ -65,7 +65,7 @@ def test_two_processes_train_as_one_and_resume_exactly(tiny_root, tmp_path):
     1e-5 (dropout 0, BN frozen); only rank 0 wrote; killed mid-epoch, the 2-process run resumes bit-identically."""
     from tests.conftest import tiny_args
 
-    ov = [str(STAGE1), *tiny_args(tiny_root), "model.dropout=0", "train.epochs=3", "--quiet"]
+    ov = [str(STAGE1), *tiny_args(tiny_root), "model.dropout=0", "train.epochs=2", "--quiet"]
     one, two, cut = tmp_path / "one", tmp_path / "two", tmp_path / "cut"
     r1 = _train([*ov, f"out={one}"])
     assert r1.returncode == 0, r1.stderr[-2000:]

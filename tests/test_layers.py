@@ -24,22 +24,24 @@ from fpar.models.layers.conv_lstm import ConvLSTMCell
 # ------------------------------------------------------------------------------------------------ ConvLSTM
 
 
+def _num_threads(n: int):
+    """Run the test with ``n`` intra-op threads, then put back the setting it found."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def two_threads():
     """Parallel index_put_ (the non-reproducible sum `select_rows` avoids) only runs with more than one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
+    yield from _num_threads(2)
 
 
 @pytest.fixture
 def one_thread():
     """Tiny ops (gradcheck runs thousands) are ~100x slower with 2 intra-op threads on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _num_threads(1)
 
 
 def _reference_step(cell: ConvLSTMCell, x, h_prev, c_prev):

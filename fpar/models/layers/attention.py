@@ -90,10 +90,8 @@ def cam_attention(
             f"features_bn and features_nobn must both be (B, C, h, w) of the same shape, "
             f"got {tuple(features_bn.shape)} and {tuple(features_nobn.shape)}"
         )
-    b, _, h, w = features_bn.shape
     cam, winning = class_activation_map(features_bn, fc_weight, fc_bias)  # (B, 1, h, w), (B,)
-    attn = F.softmax(cam.flatten(1), dim=1)  # (B, h*w): probability over positions
-    attn = attn.reshape(b, 1, h, w)  # (B, 1, h, w)
+    attn = F.softmax(cam.flatten(1), dim=1).view_as(cam)  # (B, 1, h, w): probability over the h*w positions
     attended = features_nobn * attn  # (B, C, h, w)
     return attended, attn, winning
 

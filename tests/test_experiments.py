@@ -293,6 +293,32 @@ def test_killed_sweep_restarts_where_it_stopped(tiny_overrides, tmp_path):
         assert any("closed an attempt" in line for line in lines)
 
 
+def test_an_inline_trial_keeps_its_heartbeat_while_it_trains(tmp_path, monkeypatch):
+    """With workers=1 a trial trains inside the scheduler's own call; its attempt must still beat, or another
+    process sharing the storage takes it as dead after --stale-after seconds and trains it a second time."""
+    import fpar.experiments.sweep as sweep_mod
+
+    g = _grid(tmp_path, "name: beat\nbase: STAGE1\n")
+    out = tmp_path / "sw"
+    seen: dict[str, float] = {}
+
+    def slow_trial(trial, runs, run):  # stands in for the training: watches its own attempt from a second connection
+        m = json.loads((out / "sweep.json").read_text())
+        spy = Ledger(storage_url(out, None), m["study"])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            (ft,) = spy.attempts()[trial.name]
+            if ft.user_attrs["heartbeat"] > ft.user_attrs["started"]:
+                seen["fresh_after"] = ft.user_attrs["heartbeat"] - ft.user_attrs["started"]
+                break
+            time.sleep(0.05)
+        return {"ok": False, "error": "stand-in trial", "seconds": 0}
+
+    monkeypatch.setattr(sweep_mod, "execute_trial", slow_trial)
+    run_sweep(g, out=out, log=_quiet, heartbeat_s=0.1)
+    assert 0 < seen.get("fresh_after", -1) < 5, seen
+
+
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tiny_overrides, tmp_path):
     g = _grid(
         tmp_path,

@@ -622,17 +622,21 @@ def run_sweep(
             initargs=(os.getpid(), threads_per_worker),
         )
     running: dict[cf.Future, tuple[Trial, Any]] = {}
+    current: tuple[Trial, Any] | None = None  # the inline trial being trained (not yet in `running`)
     stop = threading.Event()
 
     def beat() -> None:
+        # The inline trial counts too: with workers=1 it trains inside `submit`, before it enters `running`, and an
+        # attempt without heartbeats is taken as dead (and run a second time) by any other process after
+        # stale_after seconds, although this one still trains it.
         while not stop.wait(heartbeat_s):
-            ledger.heartbeat([ot for _, ot in list(running.values())])
+            inline = [current[1]] if current is not None else []
+            ledger.heartbeat([ot for _, ot in list(running.values())] + inline)
 
     hb = threading.Thread(target=beat, daemon=True)
     hb.start()
     started = 0
     ran: list[str] = []
-    current: tuple[Trial, Any] | None = None  # the inline trial being trained (not yet in `running`)
     try:
         while True:
             progressed = False

@@ -303,11 +303,9 @@ def test_an_inline_trial_keeps_its_heartbeat_while_it_trains(tmp_path, monkeypat
     seen: dict[str, float] = {}
 
     def slow_trial(trial, runs, run):  # stands in for the training: watches its own attempt from a second connection
-        m = json.loads((out / "sweep.json").read_text())
-        spy = Ledger(storage_url(out, None), m["study"])
         deadline = time.time() + 10
         while time.time() < deadline:
-            (ft,) = spy.attempts()[trial.name]
+            (ft,) = _attempts(out, trial.name)[trial.name]
             if ft.user_attrs["heartbeat"] > ft.user_attrs["started"]:
                 seen["fresh_after"] = ft.user_attrs["heartbeat"] - ft.user_attrs["started"]
                 break

@@ -380,6 +380,64 @@ def test_trial_running_elsewhere_is_skipped_until_its_process_is_gone(tiny_overr
     assert [ft.state.name for ft in recs] == ["FAIL", "COMPLETE"]  # the PRUNED claim is not an attempt
 
 
+def test_a_claim_waits_until_an_earlier_attempt_is_named(tmp_path):
+    """Two processes claim one trial at the same moment: the later attempt (higher number) waits while the earlier
+    one is still being named, sees it belongs to the same trial and a live process, and steps back. Deciding before
+    the name was there would have let both train it."""
+    import threading
+
+    from fpar.experiments.sweep import HOST
+
+    g = _grid(tmp_path, "name: naming\nbase: STAGE1\n")
+    out = (tmp_path / "sw").resolve()
+    out.mkdir()
+    (t,) = expand(g)
+    url = storage_url(out, None)
+    early = Ledger(url, "naming").study.ask()  # created; its process has not written its attributes yet
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands in for that process
+
+    def name_it() -> None:
+        time.sleep(0.5)
+        for k, v in {"host": HOST, "pid": other.pid, "heartbeat": time.time(), "trial": t.name}.items():
+            early.set_user_attr(k, v)
+
+    naming = threading.Thread(target=name_it)
+    try:
+        naming.start()
+        assert Ledger(url, "naming").start(t, out / t.name) is None
+    finally:
+        naming.join()
+        other.kill()
+        other.wait()
+
+
+def test_an_attempt_whose_process_died_after_the_first_look_is_closed_before_the_claim(tmp_path, monkeypatch):
+    """A process sharing the sweep claims trial B and dies while this one trains trial A (after this one's first
+    look at the ledger): when this one comes to B, it closes the dead attempt (FAIL, interrupted) before it claims
+    B, instead of training B beside an attempt left RUNNING for good."""
+    import fpar.experiments.sweep as sweep_mod
+
+    g = _grid(tmp_path, "name: late\nbase: STAGE1\ngrid: {optim.lr: [1.0e-3, 1.0e-4]}\n")
+    out = (tmp_path / "sw").resolve()
+    first, second = expand(g)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid of this host whose process is gone
+
+    def stand_in(trial, runs, run):
+        if trial.name == first.name:  # meanwhile, the other process claims the second trial and dies
+            ot = Ledger(storage_url(out, None), "late").start(second, out / second.name)
+            ot.set_user_attr("pid", dead.pid)
+        return {"ok": False, "error": "stand-in trial", "seconds": 0}
+
+    monkeypatch.setattr(sweep_mod, "execute_trial", stand_in)
+    lines: list[str] = []
+    run_sweep(g, out=out, log=lines.append)
+    assert f"{second.name}: closed an attempt whose process stopped (interrupted)" in lines, lines
+    recs = _attempts(out, "late")[second.name]
+    assert [ft.state.name for ft in recs] == ["FAIL", "FAIL"]
+    assert recs[0].user_attrs["interrupted"] and recs[1].user_attrs["error"] == "stand-in trial"
+
+
 def test_max_trials_leaves_the_rest_for_the_next_call(tiny_overrides, tmp_path, capsys):
     g = _grid(tmp_path, "name: lim\nbase: STAGE1\ngrid: {optim.lr: [1.0e-3, 1.0e-4]}\n")
     out = tmp_path / "sw"

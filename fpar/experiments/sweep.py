@@ -49,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 HOST = socket.gethostname()
+# what a trial found not pending just before its claim is, in the log
+_STATE_WORDS = {
+    "done": "another process finished it",
+    "done-elsewhere": "another host finished it",
+    "running-elsewhere": "another process runs it",
+    "failed": "it failed in an earlier call",
+}
+NAMING_S = 60.0  # an attempt still unnamed this long after Optuna created it belongs to a process that died
 SUMMARY_KEYS = (
     "best_top1",
     "best_epoch",
@@ -232,8 +240,9 @@ class Ledger:
             elif kind is int and isinstance(v, int) and not isinstance(v, bool):
                 dists[k] = IntDistribution(v, v)
         now = time.time()
+        # "trial" goes last: an attempt is listed under its trial's name only once everything a rival needs to
+        # judge it (host, pid, heartbeat) is written.
         attrs = {
-            "trial": t.name,
             "stage": t.stage,
             "point": t.point,
             "label": t.label,
@@ -245,13 +254,13 @@ class Ledger:
             "values": json.dumps(t.to_dict()["values"], default=str),
             "started": now,
             "heartbeat": now,
+            "trial": t.name,
         }
         with self.lock:
             ot = self.study.ask(dists)
             for k, v in attrs.items():
                 ot.set_user_attr(k, v)
-        if self.shared:
-            time.sleep(0.5)  # let a process that claimed this trial at the same moment write its attrs
+        self._wait_for_naming(ot.number)
         rivals = [
             ft
             for ft in self.attempts().get(t.name, [])
@@ -265,6 +274,32 @@ class Ledger:
                 self.study.tell(ot, state=TrialState.PRUNED)
             return None
         return ot
+
+    def _wait_for_naming(self, number: int, patience: float = NAMING_S) -> None:
+        """Wait until every RUNNING attempt numbered below ``number`` carries its trial name (or is older than
+        ``patience`` seconds: its process died while naming it, and `tidy_unnamed` closes it).
+
+        Optuna numbers attempts under a lock on the study row, so an attempt numbered below ours was committed
+        before ours; but its process writes the attributes one by one afterwards. Deciding before they are all
+        there would take a live claim of the same trial for none, and both processes would train it."""
+        from optuna.trial import TrialState
+
+        deadline = time.time() + patience
+        while time.time() < deadline:
+            with self.lock:
+                running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            now = time.time()
+            unnamed = [
+                ft
+                for ft in running
+                if ft.number < number
+                and "trial" not in ft.user_attrs
+                and ft.datetime_start is not None
+                and now - ft.datetime_start.timestamp() < patience
+            ]
+            if not unnamed:
+                return
+            time.sleep(0.1)
 
     def finish(self, ot: Any, summary: dict[str, Any], seconds: float) -> None:
         with self.lock:
@@ -316,7 +351,7 @@ class Ledger:
         with self.lock:
             self.study.add_trial(ft)
 
-    def tidy_unnamed(self, older_than: float = 60.0) -> int:
+    def tidy_unnamed(self, older_than: float = NAMING_S) -> int:
         """Fail attempts left RUNNING by a process killed between Optuna's ``ask`` and naming its trial (they carry
         no trial name, so nothing else would ever close them). Returns how many were closed."""
         import optuna
@@ -657,6 +692,15 @@ def run_sweep(
                 if len(running) >= workers or (max_trials is not None and started >= max_trials):
                     continue
                 todo.remove(t)
+                # What the first look found may be out of date by now: another process may have finished this
+                # trial, claimed it, or died holding it; a dead one's attempt is closed here (else it would stay
+                # RUNNING for good once this process has trained the trial).
+                now = assess(t, ledger.attempts().get(t.name, []))
+                if now != "pending":
+                    state[t.name] = now
+                    n_done += now == "done"
+                    log(f"{t.name}: {_STATE_WORDS.get(now, now)}; skipped")
+                    continue
                 ot = ledger.start(t, runs[t.name])
                 if ot is None:
                     state[t.name] = "running-elsewhere"

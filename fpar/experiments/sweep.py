@@ -179,7 +179,11 @@ def _redact(url: str) -> str:
 
 
 class Ledger:
-    """The Optuna study of a sweep, with a lock so that the heartbeat thread and the scheduler can share it."""
+    """The Optuna study of a sweep, with a lock so that the heartbeat thread and the scheduler can share it.
+
+    The ledger keeps the attempts this process started and has not closed (`open_attempts`): `heartbeat` beats all
+    of them, so no path that trains a trial (in a worker, or inline in the scheduler's own call) can leave its
+    attempt without beats, which any other process sharing the storage would take for a dead one."""
 
     def __init__(self, url: str, name: str, *, shared: bool = False, stale_after: float = 900.0):
         import optuna
@@ -215,6 +219,7 @@ class Ledger:
                     continue
                 raise FparError(f"cannot open the sweep storage {_redact(url)} ({type(e).__name__}: {e})") from None
         self.lock = threading.RLock()
+        self._open: dict[int, Any] = {}  # trial id -> the optuna Trial of an attempt this process runs
 
     def attempts(self) -> dict[str, list[Any]]:
         """Trial name -> its attempts (FrozenTrial), oldest first."""
@@ -273,7 +278,14 @@ class Ledger:
                 ot.set_user_attr("note", f"not run: attempt #{rivals[0].number} on {rivals[0].user_attrs.get('host')}")
                 self.study.tell(ot, state=TrialState.PRUNED)
             return None
+        with self.lock:
+            self._open[ot._trial_id] = ot
         return ot
+
+    def open_attempts(self) -> list[Any]:
+        """The attempts this process started and has not finished or failed yet."""
+        with self.lock:
+            return list(self._open.values())
 
     def _wait_for_naming(self, number: int, patience: float = NAMING_S) -> None:
         """Wait until every RUNNING attempt numbered below ``number`` carries its trial name (or is older than
@@ -308,6 +320,7 @@ class Ledger:
                     ot.set_user_attr(k, summary[k])
             ot.set_user_attr("seconds", round(seconds, 1))
             self.study.tell(ot, float(summary["best_top1"]))
+            self._open.pop(ot._trial_id, None)
 
     def fail(self, ot: Any, error: str, *, interrupted: bool = False, tb: str | None = None) -> None:
         from optuna.trial import TrialState
@@ -319,6 +332,7 @@ class Ledger:
             if interrupted:
                 ot.set_user_attr("interrupted", True)
             self.study.tell(ot, state=TrialState.FAIL)
+            self._open.pop(ot._trial_id, None)
 
     def close_stale(self, ft: Any, summary: dict[str, Any] | None) -> None:
         """Close an attempt left RUNNING by a process that is gone: COMPLETE when its run finished, else FAIL."""
@@ -369,9 +383,10 @@ class Ledger:
                     n += 1
         return n
 
-    def heartbeat(self, ots: list[Any]) -> None:
+    def heartbeat(self) -> None:
+        """Refresh the heartbeat of every attempt this process runs."""
         with self.lock:
-            for ot in ots:
+            for ot in self._open.values():
                 try:
                     ot.set_user_attr("heartbeat", time.time())
                 except Exception as e:  # a finished trial, a busy database: the next beat will do
@@ -657,16 +672,13 @@ def run_sweep(
             initargs=(os.getpid(), threads_per_worker),
         )
     running: dict[cf.Future, tuple[Trial, Any]] = {}
-    current: tuple[Trial, Any] | None = None  # the inline trial being trained (not yet in `running`)
     stop = threading.Event()
 
     def beat() -> None:
-        # The inline trial counts too: with workers=1 it trains inside `submit`, before it enters `running`, and an
-        # attempt without heartbeats is taken as dead (and run a second time) by any other process after
-        # stale_after seconds, although this one still trains it.
+        # every attempt the ledger has open, the inline one too (with workers=1 it trains inside `submit`, before
+        # it enters `running`)
         while not stop.wait(heartbeat_s):
-            inline = [current[1]] if current is not None else []
-            ledger.heartbeat([ot for _, ot in list(running.values())] + inline)
+            ledger.heartbeat()
 
     hb = threading.Thread(target=beat, daemon=True)
     hb.start()
@@ -710,10 +722,8 @@ def run_sweep(
                 started += 1
                 resume = (runs[t.name] / "last.pt").is_file()
                 log(f"[{n_done + started}/{len(trials)}] {t.name}: {'resuming' if resume else 'training'}")
-                current = (t, ot)
                 fut = executor.submit(execute_trial, t, local, str(runs[t.name]))
-                running[fut] = current
-                current = None
+                running[fut] = (t, ot)
                 progressed = True
                 if workers == 1:
                     break  # re-check dependencies after each inline trial
@@ -760,7 +770,7 @@ def run_sweep(
                     state[t.name] = "failed"
                     log(f"{t.name}: FAILED: {r['error']}")
     except BaseException:
-        for _t, ot in [*running.values(), *([current] if current else [])]:
+        for ot in ledger.open_attempts():  # the inline trial's too
             try:
                 ledger.fail(ot, "interrupted: the sweep was stopped", interrupted=True)
             except Exception:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from fpar.errors import FparError
 from fpar.experiments.grid import Ref, expand, load_grid, trial_config
 from fpar.experiments.report import make_report, mean_std, mmap_downsampling_figure
 from fpar.experiments.reproduce import available, figure_name, reproduce
-from fpar.experiments.sweep import Ledger, run_sweep, storage_url, sweep_status, write_manifest
+from fpar.experiments.sweep import HOST, Ledger, run_sweep, storage_url, sweep_status, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "fpar" / "configs"
@@ -384,10 +385,6 @@ def test_a_claim_waits_until_an_earlier_attempt_is_named(tmp_path):
     """Two processes claim one trial at the same moment: the later attempt (higher number) waits while the earlier
     one is still being named, sees it belongs to the same trial and a live process, and steps back. Deciding before
     the name was there would have let both train it."""
-    import threading
-
-    from fpar.experiments.sweep import HOST
-
     g = _grid(tmp_path, "name: naming\nbase: STAGE1\n")
     out = (tmp_path / "sw").resolve()
     out.mkdir()

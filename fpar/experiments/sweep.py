@@ -296,6 +296,8 @@ class Ledger:
         there would take a live claim of the same trial for none, and both processes would train it."""
         from optuna.trial import TrialState
 
+        # The ages come from Optuna's datetime_start, the creating host's local clock: the deadline bounds the wait
+        # when that clock (or time zone) is off from this one's.
         deadline = time.time() + patience
         while time.time() < deadline:
             with self.lock:
@@ -716,7 +718,7 @@ def run_sweep(
                 ot = ledger.start(t, runs[t.name])
                 if ot is None:
                     state[t.name] = "running-elsewhere"
-                    log(f"{t.name}: another process runs it; skipped")
+                    log(f"{t.name}: {_STATE_WORDS['running-elsewhere']}; skipped")
                     continue
                 state[t.name] = "running"
                 started += 1

@@ -398,6 +398,73 @@ def test_compile_without_a_compiler_is_one_line(monkeypatch):
         compile_model(tiny_ego(), model_specs()["ego_rnn"])
 
 
+@pytest.mark.parametrize("variant", ["cam", "repflow", "lsta"])
+def test_compiling_a_trunk_covers_every_convolution_it_runs(variant, monkeypatch):
+    """train.compile on a family's trunk: every convolution its frames go through runs inside a compiled call,
+    in chunks (stage 1's frozen trunk) and not (stage 2's layer4), through forward_features and through
+    forward_to / forward_from (the rep-flow variant). nn.Module.compile's own way, compiling __call__, covered none:
+    the families never call the trunk itself. torch.compile is replaced by a wrapper that only counts the depth."""
+    from fpar.engine.build import compile_model
+    from fpar.registry import model_specs
+    from tests.test_lsta import tiny_lsta
+
+    depth = [0]
+
+    def counting_compile(fn, *args, **kwargs):
+        def run(*a, **kw):
+            depth[0] += 1
+            try:
+                return fn(*a, **kw)
+            finally:
+                depth[0] -= 1
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    if variant == "lsta":
+        from fpar.models import lsta
+
+        model, family, stages = tiny_lsta(), "lsta", (lsta.STAGE1, lsta.STAGE2)
+    else:
+        model, family, stages = tiny_ego(**VARIANTS[variant]), "ego_rnn", (STAGE1, STAGE2)
+    compile_model(model, model_specs()[family])
+    seen: dict[str, bool] = {}
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(lambda mod, inp, name=name: seen.setdefault(name, depth[0] > 0) and None)
+    model.backbone.frozen_chunk = 2
+    t = 2 if variant == "repflow" else 3
+    for stage in stages:
+        apply_trainable(model, stage)
+        set_train_mode(model, [])
+        seen.clear()
+        model(torch.randn(2, t, 3, S, S))
+        convs = {n for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        assert set(seen) == convs  # every conv ran ...
+        assert all(seen.values()), sorted(n for n, inside in seen.items() if not inside)  # ... compiled
+
+
+def test_a_compiled_trunk_stays_within_dynamo_s_recompile_limit():
+    """Every frame dynamo compiles for a trunk (dynamo's own eager backend: no code generated) is compiled, none
+    left to run eager for want of cache entries: as submodules, sharing nn.Module.__call__, the ninth fell back."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    for variant in ("cam", "repflow"):  # forward_features; forward_to and forward_from
+        model = tiny_ego(**VARIANTS[variant])
+        model.backbone.compile(backend="eager")
+        model.backbone.frozen_chunk = 2
+        for stage in (STAGE1, STAGE2):
+            apply_trainable(model, stage)
+            set_train_mode(model, [])
+            for t in (3, 4):  # chunks of 2 and a last one of another size
+                model(torch.randn(2, t, 3, S, S)).logits.sum().backward()
+    frames = counters["frames"]
+    assert frames["total"] >= len(model.backbone._COMPILED) and frames["ok"] == frames["total"]
+    torch._dynamo.reset()
+
+
 def test_compiled_step_equals_eager():
     """train.compile: the ConvLSTM cell compiled by inductor gives the eager loss and gradients to float rounding,
     and its parameter names (checkpoints) are unchanged."""

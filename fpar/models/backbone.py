@@ -96,8 +96,12 @@ class ResNetTrunk(nn.Module):
         'conv4' (layer3); returns that stage's output."""
         if end not in _STAGE_INDEX:
             raise ValueError(f"end must be one of {STAGES}, got {end!r}")
+        return self._part("_stages_to")(x, _STAGE_INDEX[end])
+
+    def _stages_to(self, x: Tensor, layers: int) -> Tensor:
+        """The stem, then the first ``layers`` of layer1..layer3."""
         x = self.stem(x)
-        for layer in (self.layer1, self.layer2, self.layer3)[: _STAGE_INDEX[end]]:
+        for layer in (self.layer1, self.layer2, self.layer3)[:layers]:
             x = layer(x)
         return x
 
@@ -133,15 +137,18 @@ class ResNetTrunk(nn.Module):
         """
         out: dict[str, Tensor] = {}
         if start == "conv3":
-            x = self.layer3(x)
+            x = self._part("_layer3")(x)
             out["conv4"] = x
         elif start != "conv4":
             raise ValueError(f"start must be 'conv3' or 'conv4', got {start!r}")
-        conv5, nobn = self._last_stage(x)
+        conv5, nobn = self._part("_last_stage")(x)
         out["conv5"] = conv5
         out["conv5_nobn"] = nobn
-        out["logits"] = self.logits_from(conv5)
+        out["logits"] = self._part("logits_from")(conv5)
         return out
+
+    def _layer3(self, x: Tensor) -> Tensor:
+        return self.layer3(x)
 
     # Activation checkpointing (``train.checkpoint``, set by the engine): with gradients to compute, the trunk keeps
     # only its inputs and the maps it returns, and recomputes the rest in backward, ``checkpoint_chunk`` frames at a
@@ -189,10 +196,10 @@ class ResNetTrunk(nn.Module):
         if chunked and self._records_nothing(x, (self,)):
             out = _cat_frames([self._convs(c) for c in x.split(chunk)])  # each map (B·T, C, h, w)
         elif chunked and self._records_nothing(x, prefix):
-            out = self._from_conv4(_cat_frames([self._to_conv4(c) for c in x.split(chunk)]))  # layer4 whole
+            out = self._from_conv4(_cat_frames([self._part("_to_conv4")(c) for c in x.split(chunk)]))  # layer4 whole
         else:
             out = self._convs(x)
-        out["logits"] = self.logits_from(out["conv5"])  # (B·T, num_classes): one fc on every frame, chunks or not
+        out["logits"] = self._part("logits_from")(out["conv5"])  # (B·T, num_classes): one fc on every frame
         return out
 
     def _to_conv4(self, x: Tensor) -> dict[str, Tensor]:
@@ -202,15 +209,41 @@ class ResNetTrunk(nn.Module):
 
     def _from_conv4(self, maps: dict[str, Tensor]) -> dict[str, Tensor]:
         """Adds layer4's 'conv5' and 'conv5_nobn' (from ``maps['conv4']``) to ``maps``; returns it."""
-        maps["conv5"], maps["conv5_nobn"] = self._last_stage(maps["conv4"])
+        maps["conv5"], maps["conv5_nobn"] = self._part("_last_stage")(maps["conv4"])
         return maps
 
     def _convs(self, x: Tensor) -> dict[str, Tensor]:
         """The trunk's maps without the fc: {'conv3', 'conv4', 'conv5', 'conv5_nobn'}."""
-        return self._from_conv4(self._to_conv4(x))
+        return self._from_conv4(self._part("_to_conv4")(x))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.forward_features(x)
+
+    # ------------------------------------------------------------------------------------------------ compile
+    # The pieces `compile` compiles, each a method of its own: the entries above call them through `_part`.
+    _COMPILED = ("_to_conv4", "_stages_to", "_layer3", "_last_stage", "logits_from")
+
+    def compile(self, *args, **kwargs) -> None:
+        """``train.compile`` for a trunk: ``torch.compile`` of the pieces its entries run, in place.
+
+        The families enter a trunk through `forward_features`, `forward_to` and `forward_from`, never through
+        ``__call__``, so `nn.Module.compile`'s way (compiling ``__call__``) would leave every frame eager; and
+        compiling its submodules one by one would not do either: they share ``nn.Module.__call__``'s code, whose
+        compiled versions dynamo caps at 8 (``recompile_limit``), so that all but the first few would run eager.
+        The pieces are the trunk's own methods instead (stem to layer3, layer3, layer4, the fc: `_COMPILED`), each
+        a code object of its own; the chunking and checkpointing around them stay eager Python. Parameter names
+        and state dicts do not change; a deep copy is not compiled (as with `nn.Module.compile`)."""
+        self._compiled_parts = {name: torch.compile(getattr(self, name), *args, **kwargs) for name in self._COMPILED}
+
+    def _part(self, name: str):
+        """The method ``name``, compiled once `compile` has run."""
+        parts = self.__dict__.get("_compiled_parts")
+        return parts[name] if parts else getattr(self, name)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_compiled_parts", None)  # bound to this trunk: a copy (deepcopy, pickle) starts uncompiled
+        return state
 
     # ------------------------------------------------------------------------------------------------ inference
     @torch.no_grad()

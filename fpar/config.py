@@ -177,7 +177,9 @@ class TrainConfig:
     select_metric: str = "auto"
     # Several processes (torchrun): SyncBatchNorm for the BatchNorm layers that train (bn_train), GPUs only
     sync_bn: bool = False
-    # Several processes: allow trainable parameters that some steps do not use (DDP's find_unused_parameters)
+    # Several processes: allow trainable parameters that some steps do not use (DDP's find_unused_parameters). On by
+    # itself where the stage trains parameters its family says never get a gradient (LSTA's coupling_fc, Ego-RNN's
+    # fc without the CAM: `fpar.registry.ModelSpec.no_gradient`); true turns it on for any model.
     ddp_find_unused: bool = False
     # Activation checkpointing of the per-frame trunk: keep its inputs and outputs, recompute the rest in backward
     # (memory for 25 frames; about a third more compute when the trunk trains). No effect on frozen trunks.

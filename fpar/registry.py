@@ -128,6 +128,10 @@ class ModelSpec:
         compile: the submodules (dotted names) ``train.compile=true`` compiles with ``torch.compile``, where the time
             goes (Ego-RNN: its trunk and its ConvLSTM cell, so that the feature-cache path gains too); empty: the
             whole model.
+        no_gradient: ``no_gradient(cfg) -> tuple`` of regexes: the parameters a stage may train that never get a
+            gradient under this config (they only enter an argmax, or a head the config turns off). The optimizer
+            leaves them as they are; under several processes they make the engine turn DistributedDataParallel's
+            ``find_unused_parameters`` on, which DDP otherwise refuses them without. None: there are none.
     """
 
     name: str
@@ -150,6 +154,7 @@ class ModelSpec:
     # its frozen prefix can be cached: one plan, or several with the deepest cut first (stage 1, stage 2)
     feature_cache: FeatureCachePlan | tuple[FeatureCachePlan, ...] | None = None
     compile: tuple[str, ...] = ()  # train.compile: these submodules (empty: the whole model)
+    no_gradient: Callable[..., tuple[str, ...]] | None = None  # trainable yet never given a gradient (DDP)
 
 
 @dataclass(frozen=True)

@@ -229,3 +229,71 @@ def test_usage_errors_and_version_without_traceback(capsys):
     assert main(["predict", "r", "v", "--top", "abc"]) == 2
     assert main(["--version"]) == 0 and capsys.readouterr().out.strip() == f"fpar {__version__}"
     assert main(["-h"]) == 0 and "Usage" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parameters a stage trains that never get a gradient (DDP)
+
+
+@pytest.mark.parametrize(
+    "recipe,extra,some",
+    [
+        ("ego_rnn_stage2.yaml", [], False),  # the CAM gives the fc's weight its gradient
+        ("ego_rnn_stage2.yaml", ["train.trainable=[.]"], True),  # the fc's bias: argmax only
+        ("ego_rnn_nocam_stage2.yaml", [], True),
+        ("lsta_stage1.yaml", [], True),
+        ("lsta_stage2.yaml", ["train.trainable=[.]"], True),
+    ],
+)
+def test_no_gradient_names_exactly_the_trainable_parameters_a_step_leaves_without_one(recipe, extra, some):
+    """ModelSpec.no_gradient (which turns DDP's find_unused_parameters on) is what a training step shows: the
+    trainable parameters whose .grad stays None after backward, no more and no fewer."""
+    import re
+    from pathlib import Path
+
+    from fpar.engine.build import build_model, forward_batch, resolve_trainable
+    from fpar.engine.stages import apply_trainable, set_train_mode
+    from fpar.models.heads import total_loss
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    small = ["data.input_size=64", "data.scale_size=72", "data.frames=3", "model.backbone=resnet18"]
+    cfg = load_config(configs / recipe, ["model.pretrained=none", "init.from=null", *small, *extra])
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, [f"c{i}" for i in range(5)])
+    trainable = apply_trainable(model, resolve_trainable(cfg))
+    set_train_mode(model, cfg.train.bn_train)
+    batch = {"rgb": torch.randn(2, 3, 3, 64, 64), "label": torch.tensor([1, 4])}
+    total_loss(model.losses(forward_batch(model, cfg, batch, train=True), batch))[0].backward()
+    params = dict(model.named_parameters())
+    without = {n for n in trainable if params[n].grad is None}
+    declared = {n for n in trainable if any(re.search(r, n) for r in model_spec(cfg.model.name).no_gradient(cfg))}
+    assert without == declared
+    assert bool(without) == some
+
+
+def test_several_processes_look_for_unused_parameters_only_where_the_family_says_some_get_no_gradient(monkeypatch):
+    """DDP's find_unused_parameters (`fpar.engine.trainer._find_unused`): on by itself under several processes
+    for LSTA's stage 1 (its coupling_fc only enters an argmax), said in the log; off for Ego-RNN's stage 2 and in
+    one process; train.ddp_find_unused=true turns it on anywhere."""
+    from pathlib import Path
+
+    from fpar.engine import distributed
+    from fpar.engine.trainer import _find_unused
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    lsta = load_config(configs / "lsta_stage1.yaml", [])
+    ego = load_config(configs / "ego_rnn_stage2.yaml", [])
+    lsta_trainable = ["cell.coupling_fc.weight", "cell.c_classifier.weight", "classifier.weight"]
+    ego_trainable = ["lstm.conv_x.weight_i", "backbone.fc.weight"]
+    said: list[str] = []
+    assert not _find_unused(lsta, lsta_trainable, said.append)  # one process: no DDP
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Dist(0, 2, 0, "gloo"))
+    assert _find_unused(lsta, lsta_trainable, said.append)
+    assert said == [
+        "cell.coupling_fc.weight: trainable but never given a gradient in this model, so DDP looks for unused "
+        "parameters every step (train.ddp_find_unused)"
+    ]
+    assert not _find_unused(lsta, lsta_trainable[1:], said.append)  # not trained: nothing to look for
+    assert not _find_unused(ego, ego_trainable, said.append)
+    assert _find_unused(load_config(configs / "ego_rnn_stage2.yaml", ["train.ddp_find_unused=true"]), [], print)
+    assert len(said) == 1

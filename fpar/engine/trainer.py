@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -282,6 +283,23 @@ def amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None
 def _autocast(cfg: ExperimentConfig, device: torch.device):
     dtype = amp_dtype(cfg, device)
     return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def _find_unused(cfg: ExperimentConfig, trainable: list[str], log) -> bool:
+    """DDP's ``find_unused_parameters``: ``train.ddp_find_unused``, or on by itself when the stage trains
+    parameters the family says never get a gradient (`fpar.registry.ModelSpec.no_gradient`), which DDP refuses
+    otherwise. Only read under several processes."""
+    spec = spec_of(cfg)
+    if cfg.train.ddp_find_unused or spec.no_gradient is None or not distributed.current().enabled:
+        return cfg.train.ddp_find_unused
+    patterns = [re.compile(r) for r in spec.no_gradient(cfg)]
+    idle = [n for n in trainable if any(r.search(n) for r in patterns)]
+    if idle:
+        log(
+            f"{', '.join(idle)}: trainable but never given a gradient in this model, so DDP looks for unused "
+            "parameters every step (train.ddp_find_unused)"
+        )
+    return bool(idle)
 
 
 def metrics_of(r: dict, vocab: Vocabulary, manifest: Manifest | None = None) -> dict:
@@ -640,7 +658,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     from torch.utils.tensorboard import SummaryWriter
 
     tb = SummaryWriter(str(run / "tb")) if main else None
-    step = distributed.wrap(TrainStep(model, cfg, cache), device, find_unused=cfg.train.ddp_find_unused)
+    step = distributed.wrap(TrainStep(model, cfg, cache), device, find_unused=_find_unused(cfg, trainable, log))
     if cache is not None:
         log(cache.describe(model, train_ds, len(select_ds), cfg.train.epochs, device))
         for ds in {id(x): x for x in (train_ds, select_ds, test_ds) if x is not None}.values():

@@ -444,6 +444,11 @@ def _attention(model: EgoRNN) -> str | None:
     return None if model.cam else "it was trained with model.ego_rnn.cam=false: it has no attention map to show"
 
 
+def _no_gradient(cfg) -> tuple[str, ...]:
+    """The fc's bias enters only the CAM's argmax; without the CAM the fc's logits feed nothing at all."""
+    return (r"^backbone\.fc\.bias$",) + (() if cfg.model.ego_rnn.cam else (r"^backbone\.fc\.weight$",))
+
+
 def _aux_maps(model: EgoRNN, out: ModelOutput, batch: dict, cfg) -> dict:
     """MS predicted (probability of motion, or the regressed value) and its target, per frame, for `fpar cam`."""
     if model.ms_head is None or out.ms is None or "mmaps" not in batch:
@@ -495,6 +500,7 @@ SPEC = register_model_spec(
             ),
         },
         compile=("backbone", "lstm"),  # the per-frame trunk and the ConvLSTM cell (used by the cached path too)
+        no_gradient=_no_gradient,
         description="Ego-RNN: ResNet + CAM attention + ConvLSTM; MS branch, static-dynamic discriminator, rep-flow",
         defaults="configs/ego_rnn_stage1.yaml, configs/ego_rnn_stage2.yaml",
     )

@@ -433,6 +433,11 @@ TWO_STREAM = (
 )
 NO_GRADIENT = re.compile(r"(^|\.)cell\.coupling_fc\.weight$|(^|\.)backbone\.fc\.bias$")  # only inside an argmax
 
+
+def _no_gradient(cfg) -> tuple[str, ...]:
+    return (NO_GRADIENT.pattern,)
+
+
 register_model_spec(
     ModelSpec(
         name="lsta",
@@ -444,6 +449,7 @@ register_model_spec(
         attention=lambda model: None,
         stages={"stage1": tuple(STAGE1), "stage2": tuple(STAGE2)},
         compile=("backbone", "cell"),
+        no_gradient=_no_gradient,
         description="LSTA: CAM prior + attention recurrence + memory with output pooling (RGB)",
         defaults="configs/lsta_stage1.yaml, configs/lsta_stage2.yaml",
     )
@@ -478,6 +484,7 @@ register_model_spec(
         attention=lambda model: None,
         stages={"joint": TWO_STREAM},
         compile=("rgb.backbone", "flow.backbone", "rgb.cell", "flow.lstm"),
+        no_gradient=_no_gradient,  # its RGB stream's
         description="LSTA two-stream: cross-modal fusion of the RGB cell and the flow ConvLSTM at every step",
         defaults="configs/lsta_two_stream.yaml",
     )

@@ -24,21 +24,19 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from fpar.config import load_config
-from fpar.engine.build import build_model, forward_batch, resolve_trainable, to_channels_last
+from fpar.engine.build import build_model, compile_model, forward_batch, resolve_trainable, to_channels_last
 from fpar.engine.stages import apply_trainable, set_train_mode
+from fpar.engine.trainer import cuda_has_bf16
 from fpar.models.backbone import ResNetTrunk
 from fpar.models.heads import total_loss
 from fpar.registry import model_spec
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit_json  # noqa: E402  (benchmarks/common.py)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # name -> (config, overrides). The two-stream models are built from trained stream runs, which a bare machine does
@@ -76,8 +74,9 @@ def _batch(cfg, keys, batch: int, classes: int) -> dict:
 
 
 def _amp(device: torch.device) -> torch.dtype:
+    """What the trainer's ``train.amp=true`` autocasts to on a GPU (on a CPU: bf16, native or not)."""
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
     return torch.bfloat16
 
 
@@ -93,6 +92,8 @@ def train_step_figures(name: str, yaml: str, device, *, small: bool, batch: int,
     for m in model.modules():
         if isinstance(m, ResNetTrunk):
             m.checkpoint = cfg.train.checkpoint
+    if cfg.train.compile:
+        compile_model(model, model_spec(cfg.model.name))
     keys = model_spec(cfg.model.name).inputs(cfg, True)
     host = _batch(cfg, keys, batch, len(classes))
     dtype = _amp(device)
@@ -147,9 +148,10 @@ def flow_figures(device, *, small: bool) -> dict:
     from fpar.video.tvl1 import TVL1Batcher
 
     size = (60, 80) if small else (240, 320)
-    pairs = standard_pairs(size) * (2 if small else 13)  # 10 or 65 pairs
+    n = 10 if small else 64
+    pairs = (standard_pairs(size) * 13)[:n]  # one batch of n: a short tail batch would cost a whole batch's time
     inputs = [(p.first, p.second) for p in pairs]
-    batcher = TVL1Batcher(device=str(device), batch=len(pairs) if small else 64)
+    batcher = TVL1Batcher(device=str(device), batch=n)
     batcher(inputs[:2])  # warm-up
     _sync(device)
     t0 = time.perf_counter()
@@ -176,23 +178,51 @@ def flow_figures(device, *, small: bool) -> dict:
     return row
 
 
+def _section(target: dict, key: str, make) -> None:
+    """``target[key] = make()``; a failure (out of memory, no ``cv2.optflow``) is recorded under ``key`` (its
+    message and last traceback lines) and the script goes on with the next section."""
+    try:
+        target[key] = make()
+    except Exception as e:  # noqa: BLE001 - one section's failure must not lose the others
+        target[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc().splitlines()[-6:]}
+        print(key, "failed:", target[key]["error"], flush=True)
+
+
+def _write(out: dict, path: Path | None) -> None:
+    """The figures so far, to ``--json`` after every section: a lease that ends mid-run loses nothing measured."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true", help="tiny sizes: check that the script runs")
+    ap.add_argument("--compile", action="store_true", help="also a stage-2 step with train.compile (compiles first)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     device = torch.device(a.device)
     out: dict = {"device": str(device), "torch": torch.__version__, "small": a.small}
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
-        out["bf16"] = torch.cuda.is_bf16_supported()
+        out["bf16"] = cuda_has_bf16(device)
     batch = 2 if a.small else 8
     out["train_steps"] = {}
+
+    def family(name: str, yaml: str, extra: list[str]):
+        def make() -> dict:
+            try:
+                return train_step_figures(name, yaml, device, small=a.small, batch=batch, overrides=extra)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+        return make
+
     for name, (yaml, extra) in FAMILIES.items():
-        out["train_steps"][name] = train_step_figures(name, yaml, device, small=a.small, batch=batch, overrides=extra)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _section(out["train_steps"], name, family(name, yaml, extra))
+        _write(out, a.json)
     memory = [
         "model.ego_rnn.ms.enabled=true",
         "model.ego_rnn.ms.layer=conv4",
@@ -201,11 +231,32 @@ def main() -> None:
     ]
     if not a.small:
         memory += ["data.frames=25", "data.input_size=224"]
-    out["memory_target"] = train_step_figures(
-        "memory", "ego_rnn_stage2.yaml", device, small=a.small, batch=2 if a.small else 32, overrides=memory
+    mem_batch = 2 if a.small else 32
+    _section(
+        out,
+        "memory_target",
+        lambda: train_step_figures(
+            "memory", "ego_rnn_stage2.yaml", device, small=a.small, batch=mem_batch, overrides=memory
+        ),
     )
-    out["tvl1_torch"] = flow_figures(device, small=a.small)
-    emit_json(out, a.json)
+    _write(out, a.json)
+    _section(out, "tvl1_torch", lambda: flow_figures(device, small=a.small))
+    _write(out, a.json)
+    if a.compile:  # last: compiling takes minutes, and what came before is written already
+        _section(
+            out,
+            "ego_rnn_stage2_compiled",
+            lambda: train_step_figures(
+                "ego_rnn_stage2_compiled",
+                "ego_rnn_stage2.yaml",
+                device,
+                small=a.small,
+                batch=batch,
+                overrides=["train.compile=true"],
+            ),
+        )
+        _write(out, a.json)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

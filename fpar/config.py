@@ -188,7 +188,8 @@ class TrainConfig:
     # trunk, stage 2's stem to layer3, evaluation. Chunks keep each layer's maps in the CPU's caches: ResNet-34's
     # forward on 128 frames at 224 px was 1.23x faster 8 at a time than all at once on 2 cores (16: 1.17x; one at a
     # time, as the 2018 code: 0.83x; benchmarks/bench_trunk_chunk.py). Same values up to float rounding (bit-equal
-    # there). 0: the whole batch at once (a GPU may prefer it: not measured).
+    # there). 0: the whole batch at once. CPU only: on a GPU the batch goes through whole, since B·T/8 small calls
+    # would leave it waiting on kernel launches (not measured: no GPU was lent).
     frozen_chunk: int = 8
     # Convolution weights (4-D) in channels_last memory format, so the convs run NHWC (oneDNN on CPU, cuDNN on GPU):
     # a stage-2 step 1.57x at 112 px, 1.03x at 224 px on a 2-core CPU (benchmarks/bench_stage2.py). Same values up to

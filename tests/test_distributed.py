@@ -95,3 +95,18 @@ def test_two_processes_train_as_one_and_resume_exactly(tiny_root, tmp_path):
     assert [{k: v for k, v in r.items() if k != "time_s"} for r in _rows(cut)] == [
         {k: v for k, v in r.items() if k != "time_s"} for r in _rows(two)
     ]
+
+
+def test_a_process_without_a_gpu_of_its_own_is_a_one_line_error(monkeypatch):
+    """NCCL wants one GPU per process: a second process on a one-GPU machine is told what to start instead of
+    failing inside CUDA ("invalid device ordinal")."""
+    from fpar.engine import distributed
+    from fpar.errors import FparError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: pytest.fail("set_device must not be reached"))
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(FparError, match=r"process 1 of this machine has no GPU of its own \(1 visible\).*--nproc 1"):
+        distributed.setup("auto")

@@ -192,3 +192,19 @@ def test_an_entry_damaged_after_loading_is_removed_so_the_next_run_recomputes_it
     assert not entries[0].exists()
     again, _ = _run(tiny_root, tmp_path / "c", f"data.feature_cache={cache}", "train.epochs=1")
     assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_entries_computed_on_a_gpu_are_kept_apart_from_the_cpu_s():
+    """The fingerprint holds the device a GPU run computes on (its kernels round otherwise); a CPU run's is the one
+    it always was, so existing caches stay warm."""
+    from types import SimpleNamespace
+
+    from fpar.engine.feature_cache import _fingerprint
+    from fpar.registry import model_spec
+    from tests.test_models import tiny_ego
+
+    cfg, model = load_config(STAGE1, []), tiny_ego()
+    plan, manifest = model_spec("ego_rnn").feature_cache[0], SimpleNamespace(fingerprint=lambda: "manifest")
+    cpu = _fingerprint(cfg, model, plan, manifest)
+    assert _fingerprint(cfg, model, plan, manifest, "cpu") == cpu
+    assert _fingerprint(cfg, model, plan, manifest, "cuda") != cpu

@@ -82,6 +82,12 @@ def setup(device: str) -> Dist:
     cuda = torch.cuda.is_available() and not device.startswith("cpu")
     backend = "nccl" if cuda else "gloo"
     if cuda:
+        gpus = torch.cuda.device_count()
+        if local >= gpus:  # NCCL runs one process per GPU; two ranks on one GPU hang or fail inside NCCL
+            raise FparError(
+                f"process {local} of this machine has no GPU of its own ({gpus} visible): start at most {gpus} "
+                f"processes per machine (--nproc {gpus}, torchrun --nproc-per-node {gpus}), or train.device=cpu"
+            )
         torch.cuda.set_device(local)
     dist.init_process_group(backend)
     _CURRENT = Dist(rank, world, local, backend)

@@ -44,7 +44,7 @@ from ..registry import FeatureCachePlan
 from ..utils import sweep_stale_temporaries
 
 
-def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) -> str:
+def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest, device: str = "cpu") -> str:
     h = hashlib.sha256()
     pattern = re.compile("|".join(plan.params))
     for name, t in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
@@ -66,6 +66,8 @@ def _fingerprint(cfg, model: torch.nn.Module, plan: FeatureCachePlan, manifest) 
         "channels_last": cfg.train.channels_last,
         "amp": cfg.train.amp,
     }
+    if device != "cpu":  # a GPU's kernels round otherwise (and autocast keeps other ops in fp32); CPU keys as before
+        settings["device"] = device
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:20]
 
@@ -130,8 +132,11 @@ class FeatureCache:
         self.swept = sweep_stale_temporaries(self.dir, "v*/.*.tmp")
 
     @classmethod
-    def for_run(cls, cfg, spec, model, manifest, trainable: list[str]) -> FeatureCache | None:
-        """The run's cache, or None without ``data.feature_cache``; a one-line error when the run cannot use one."""
+    def for_run(
+        cls, cfg, spec, model, manifest, trainable: list[str], device: torch.device | None = None
+    ) -> FeatureCache | None:
+        """The run's cache, or None without ``data.feature_cache``; a one-line error when the run cannot use one.
+        ``device``: where the prefix will run (entries computed on a GPU are kept apart from the CPU's)."""
         if not cfg.data.feature_cache:
             return None
         if spec.feature_cache is None:
@@ -143,7 +148,7 @@ class FeatureCache:
         for plan in plans:  # deepest cut first: the first whose prefix this stage leaves frozen
             why = _unusable(plan, cfg, model, trainable)
             if why is None:
-                fp = _fingerprint(cfg, model, plan, manifest)
+                fp = _fingerprint(cfg, model, plan, manifest, device.type if device is not None else "cpu")
                 return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype)
         raise FparError(why)  # the shallowest cut's reason
 

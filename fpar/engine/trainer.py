@@ -263,13 +263,24 @@ def _cpu_has_bf16() -> bool:
     return bool(check is not None and check())
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """Whether ``device`` (a GPU) computes in bf16 natively. Since torch 2.4 ``is_bf16_supported()`` also says yes
+    where bf16 is only emulated (V100, T4: slow, and cuDNN has no bf16 convolutions there), which would leave the fp16
+    + GradScaler path unused; so emulation is excluded, and the GPU asked is the training one, not the current one."""
+    with torch.cuda.device(device):
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4: no emulation is counted
+            return torch.cuda.is_bf16_supported()
+
+
 def amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
     """What ``train.amp=true`` autocasts to: bf16 where the device computes in it, fp16 (with a GradScaler) on GPUs
     without bf16; None with ``train.amp=false``. A CPU without bf16 is a one-line error, not a silent fp32 run."""
     if not cfg.train.amp:
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_bf16(device) else torch.float16
     if device.type == "cpu":
         if not _cpu_has_bf16():
             raise FparError(
@@ -568,6 +579,9 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
 
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
+        # cuBLAS repeats its sums only with a fixed workspace, which must be set before its first call (a process
+        # that has used CUDA already keeps the one it had: PyTorch then warns)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     device = pick_device(cfg.train.device)
@@ -592,8 +606,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     for m in model.modules():  # train.checkpoint, train.frozen_chunk: every ResNet trunk (streams included)
         if isinstance(m, ResNetTrunk):
             m.checkpoint = cfg.train.checkpoint
-            m.frozen_chunk = cfg.train.frozen_chunk
-    cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable)
+            m.frozen_chunk = cfg.train.frozen_chunk if device.type == "cpu" else 0  # for the CPU's caches
+    cache = FeatureCache.for_run(cfg, spec_of(cfg), model, manifest, trainable, device)
     memo = EvalMemo.for_run(cfg, spec_of(cfg), model, trainable)  # None with a cache: the cache serves evaluation
     model.to(device)
     if cfg.train.channels_last:

@@ -35,6 +35,8 @@ def select_rows(weight: Tensor, index: Tensor) -> Tensor:
     order each run, so the weight's gradient differs by ~1e-6 between two identical runs (seen on stage 2's
     ``backbone.fc.weight``: every other gradient was equal bit for bit). ``index_select``'s backward is
     ``index_add_``, serial over the index, so the sum has one order. The forward is the same copy either way.
+    On CUDA ``index_add_`` adds with atomics as well: there, runs repeat bit for bit with ``train.deterministic=true``
+    (PyTorch's deterministic algorithms), not by default.
     """
     return weight.index_select(0, index)
 

@@ -6,7 +6,7 @@
 # ROWS="egornn" or ROWS="lsta" runs one group only (default: both).
 # Usage: bash benchmarks/demo_compare.sh [DEMO_DIR] [OUT]   (DEMO_DIR as written by `fpar demo`: data/, backbone.pt)
 # SEEDS="2" restricts the seeds (e.g. to run seeds in parallel with FPAR_THREADS=1).
-# Then:  fpar report OUT/*/ --out OUT/report    (mean +- std over seeds, overall and on the motion-only pairs)
+# Then:  fpar report OUT/*/ --out OUT-report    (mean +- std over seeds, overall and on the motion-only pairs)
 set -euo pipefail
 DEMO=${1:-fpar-demo}
 OUT=${2:-fpar-demo/compare}

@@ -1,3 +1,3 @@
 """The package version, kept equal to ``version`` in pyproject.toml."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -141,6 +141,10 @@ def test_batched_equals_one_pair_at_a_time():
     assert stats["iterations"] == alone["iterations"]
     assert batched.shape == (3, 2, 48, 64)
     assert stats["iterations"] > 0
+    # the GPU's way (the working set as a mask, few host syncs), forced here on the CPU: the same flow and steps
+    masked_stats: dict = {}
+    assert torch.equal(tvl1_torch(i0, i1, stats=masked_stats, masked=True), batched)
+    assert masked_stats == stats
     # The batcher groups by size and keeps the order; OpenCV layout (H, W, 2).
     out = TVL1Batcher(batch=2)([(p.first, p.second) for p in pairs])
     for k, f in enumerate(out):

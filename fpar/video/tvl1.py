@@ -16,7 +16,10 @@ GPU speed:
 
 Each pair stops on its own test: a batch runs until its slowest pair has converged, and a pair that has converged
 leaves the working set (its flow and dual variable are put back for the next warping), so a pair's flow does not
-depend on the other pairs in the batch (tests/test_tvl1.py: batched = one at a time).
+depend on the other pairs in the batch (tests/test_tvl1.py: batched = one at a time). On a GPU the working set is a
+mask instead: every pair is stepped, a converged one keeps the values it stopped with, and whether all have stopped
+is asked every `_CHECK_EVERY` iterations, since shrinking the set needs the host to read the test at every one (a
+device sync per iteration, thousands per batch). The flow is the same either way (tests/test_tvl1.py).
 
 Deliberate differences from OpenCV (each a fraction of a percent of the end-point error, tests/test_tvl1.py
 checks the error against OpenCV's on pairs of exactly known flow):
@@ -157,8 +160,44 @@ def _rows(n: int, idx: Tensor) -> Tensor:
     return torch.cat([idx, idx + n])
 
 
-def _one_scale(i0: Tensor, i1: Tensor, u: Tensor, params: TVL1Params, step: _Step, stats: dict) -> Tensor:
-    """Flow on one pyramid level. i0, i1: (N, 1, H, W); u: (2N, 1, H, W) initial flow; returns (2N, 1, H, W)."""
+_CHECK_EVERY = 10  # the masked loop's iterations between two looks at whether every pair has converged
+
+
+def _iterate_masked(
+    u: Tensor, px: Tensor, py: Tensor, terms: tuple, threshold: float, params: TVL1Params, step: _Step, stats: dict
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One warping's iterations with the working set as a mask: no host sync but every `_CHECK_EVERY` iterations.
+
+    u, px, py: (2N, 1, H, W); ``terms``: (grad, rho_c, g) of the warping. A pair steps while it is active; on the
+    iteration its change falls to ``threshold`` it takes that step's values and keeps them, as the working-set loop
+    puts a converged pair's values back, and the median filter leaves it alone too."""
+    n2, _, h, w = u.shape
+    n = n2 // 2
+    active = torch.ones(n, dtype=torch.bool, device=u.device)  # (N,)
+    steps = torch.zeros((), dtype=torch.long, device=u.device)  # pair-iterations done, read once at the end
+    total = params.outer_iterations * params.inner_iterations
+    for it in range(total):
+        rows = active.repeat(2).view(n2, 1, 1, 1)  # (2N, 1, 1, 1): u1 and u2 rows of the active pairs
+        if params.median > 1 and it % params.inner_iterations == 0:
+            u = torch.where(rows, median_filter(u, params.median), u)
+        new_u, new_px, new_py = step(u, px, py, *terms)  # (2N, 1, H, W) each
+        change = (new_u - u).square().view(2, n, h * w).sum(dim=(0, 2))  # (N,)
+        u = torch.where(rows, new_u, u)
+        px = torch.where(rows, new_px, px)
+        py = torch.where(rows, new_py, py)
+        steps += active.sum()
+        active = active & (change > threshold)
+        if (it + 1) % _CHECK_EVERY == 0 and not bool(active.any()):
+            break
+    stats["iterations"] += int(steps)
+    return u, px, py
+
+
+def _one_scale(
+    i0: Tensor, i1: Tensor, u: Tensor, params: TVL1Params, step: _Step, stats: dict, masked: bool = False
+) -> Tensor:
+    """Flow on one pyramid level. i0, i1: (N, 1, H, W); u: (2N, 1, H, W) initial flow; returns (2N, 1, H, W).
+    ``masked``: iterate with `_iterate_masked` (the GPU's way) instead of shrinking the working set."""
     n, _, h, w = i0.shape
     dev, dt = i0.device, i0.dtype
     i1x, i1y = image_gradient(i1, border=0.5)  # (N, 1, H, W) each: OpenCV's centredGradient
@@ -179,6 +218,9 @@ def _one_scale(i0: Tensor, i1: Tensor, u: Tensor, params: TVL1Params, step: _Ste
         # The threshold step divides by g; where g <= FLT_EPSILON a huge divisor's reciprocal keeps the clamp (see
         # the module docstring) without a division by zero.
         g = torch.where(g > _FLT_EPSILON, g, torch.full_like(g, 1e-30))
+        if masked:
+            u, px, py = _iterate_masked(u, px, py, (grad, rho_c, g), threshold, params, step, stats)
+            continue
 
         # The working set: samples still iterating. A converged sample's u, px, py go back into the full tensors.
         idx = torch.arange(n, device=dev)  # (M,) sample numbers of the working set
@@ -216,6 +258,7 @@ def tvl1_torch(
     params: TVL1Params = TVL1Params(),
     *,
     stats: dict | None = None,
+    masked: bool | None = None,
 ) -> Tensor:
     """Dense TV-L1 flow from each image of ``i0`` to the matching image of ``i1`` (see the module docstring).
 
@@ -223,6 +266,7 @@ def tvl1_torch(
         i0, i1: (N, H, W) or (N, 1, H, W) grey images in [0, 255] (uint8 or float), H, W >= 3, on any device.
         params: the solver's settings (OpenCV's defaults).
         stats: if given, ``stats["iterations"]`` is increased by the number of (pair x iteration) steps done.
+        masked: the working set as a mask, without a host sync per iteration (None: on a GPU; same flow).
 
     Returns:
         (N, 2, H, W) float32 flow in pixels: channel 0 = x (right), 1 = y (down), such that
@@ -239,6 +283,7 @@ def tvl1_torch(
         raise ValueError(f"expected images of at least 3 x 3 pixels, got {h} x {w}")
     stats = stats if stats is not None else {}
     stats.setdefault("iterations", 0)
+    masked = i0.device.type != "cpu" if masked is None else masked
     i0 = i0.to(torch.float32)
     i1 = i1.to(torch.float32)
     step = _Step(params)
@@ -253,7 +298,7 @@ def tvl1_torch(
     u = i0.new_zeros(2 * n, 1, ch, cw)  # (2N, 1, h, w) on the coarsest level
     for s in range(len(sizes) - 1, -1, -1):
         a, b = levels[s]
-        u = _one_scale(a, b, u, params, step, stats)  # (2N, 1, h_s, w_s)
+        u = _one_scale(a, b, u, params, step, stats, masked)  # (2N, 1, h_s, w_s)
         if s > 0:
             u = _resize(u, sizes[s - 1]) * (1.0 / params.scale_step)  # (2N, 1, h_{s-1}, w_{s-1})
     return u.view(2, n, h, w).permute(1, 0, 2, 3).contiguous()  # (N, 2, H, W)

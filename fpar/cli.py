@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from .errors import FparError
+from .utils import refuse_existing
 
 app = typer.Typer(
     add_completion=False,
@@ -171,9 +172,14 @@ def data_show(
     from .data.readers import read_dataset
     from .data.show import find_video, show_video
 
+    if input_size < 1 or scale_size < input_size:
+        raise FparError(
+            f"--input-size {input_size}, --scale-size {scale_size}: give sizes with 1 <= --input-size <= --scale-size"
+        )
     manifest = read_dataset(DataConfig(root=root))
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
+    refuse_existing(out, "--out")
     p = show_video(
         manifest,
         i,
@@ -232,6 +238,11 @@ def train(
         run = Path(resume)
         if not (run / "config.yaml").is_file():
             raise FparError(f"{run} is not a run folder (no config.yaml); give the folder `fpar train` wrote")
+        if not (run / "config.yaml").read_bytes().strip():
+            raise FparError(
+                f"{run / 'config.yaml'} is empty: the run's config is lost; a new run with init.from={run} starts "
+                "from its checkpoint"
+            )
         if config:  # `fpar train --resume RUN key=value`: the first override lands in CONFIG
             if "=" not in config:
                 raise FparError(f"--resume takes the run's own config.yaml; drop {config!r} (only key=value overrides)")
@@ -387,6 +398,8 @@ def model_params(
 
     if config and "=" in config:
         overrides, config = [config, *(overrides or [])], None
+    if num_classes < 1:
+        raise FparError(f"--num-classes {num_classes}: give at least 1 class")
     from .data.layout import gtea_vocabulary
 
     cfg = load_config(config, [*(overrides or []), "model.pretrained=none"])
@@ -408,8 +421,9 @@ def cam(
     from .engine.run import open_run
     from .experiments.cam import cam_figure
 
-    other = open_run(compare) if compare else None
     out = out or f"cam_{video.strip('/').replace('/', '_').replace(',', '-')}.png"
+    refuse_existing(out, "--out")
+    other = open_run(compare) if compare else None
     typer.echo(f"wrote {cam_figure(open_run(run), video, out, data_root=data, compare=other)}")
 
 
@@ -432,6 +446,7 @@ def pretrain(
     """Pre-train a backbone on single frames (when ImageNet weights cannot be had); use it as model.pretrained."""
     from .engine.pretrain import pretrain_backbone
 
+    refuse_existing(out, "OUT")  # before the training, not after it
     _threads()
     r = pretrain_backbone(
         root,
@@ -609,6 +624,8 @@ def predict(
         return
     if video is None:
         raise FparError("give a VIDEO (file or frame folder) to classify, or --epic-test CSV --out FILE.json")
+    if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
+        raise FparError(f"--cam {cam_dir} is a file; give a folder for the CAM overlays")
     r = predict_video(run, video, top=top, cam_out=cam_dir, flow_method=flow, fps=fps, short_side=short_side)
     if json_out:
         typer.echo(json.dumps(r, indent=2))

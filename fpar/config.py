@@ -545,6 +545,8 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     except (yaml.YAMLError, UnicodeDecodeError):
         return [path]  # _read_yaml reports it
     parent = raw.get("extends") if isinstance(raw, dict) else None
+    if parent is not None and not isinstance(parent, str):
+        raise FparError(f"{path}: 'extends' is {parent!r}; give one recipe file, e.g. extends: ego_rnn_stage1.yaml")
     if parent:
         return _extends_chain((path.parent / parent).resolve(), (*seen, path)) + [path]
     return [path]
@@ -595,6 +597,15 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, (value, low) in at_least.items():
         if value < low:
             raise FparError(f"config key '{key}' must be at least {low}, got {value}")
+    for key in ("optim.lr", "optim.weight_decay"):  # a command line's "inf" / "nan" parse as floats
+        if not math.isfinite(d[key]):
+            raise FparError(f"config key '{key}' must be finite, got {d[key]}")
+    parts = cfg.name.split("/")  # a sweep's trials are named <grid>/<trial>
+    if not all(re.fullmatch(r"[A-Za-z0-9_.-]+", x) and set(x) != {"."} for x in parts):
+        raise FparError(
+            f"config key 'name' is {cfg.name!r}: a run's name (its folder under runs/) may hold letters, digits, "
+            "'_', '-', '.' and '/' between them only; give the folder itself with out=PATH"
+        )
     if not 0 <= cfg.model.dropout < 1:
         raise FparError(f"config key 'model.dropout' must be in [0, 1), got {cfg.model.dropout}")
     if not (cfg.train.device in ("auto", "cpu") or cfg.train.device.startswith(("cuda", "mps"))):

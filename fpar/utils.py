@@ -16,6 +16,32 @@ from typing import Any
 import numpy as np
 
 
+def refuse_existing(path: str | os.PathLike, option: str) -> Path:
+    """``path`` as a Path, or a one-line error when something is there already: fpar writes no file over one that
+    exists (the guarantee "nothing already written is lost"), and a folder is not a file. ``option`` names the
+    argument that gave the path (``--out``), for the message."""
+    from .errors import FparError
+
+    p = Path(path)
+    if p.is_dir():
+        raise FparError(f"{option} {p} is a folder; give a file name")
+    if p.exists() or p.is_symlink():
+        raise FparError(f"{p} exists; nothing was written: give another {option} or delete it")
+    return p
+
+
+def read_utf8(path: str | os.PathLike, hint: str = "save it as UTF-8") -> str:
+    """The text of ``path`` (UTF-8, a leading BOM dropped), or a one-line error naming the first byte that is not
+    UTF-8 and ``hint`` (what to do). For CSVs: ``csv.reader(io.StringIO(text, newline=""))``."""
+    from .errors import FparError
+
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise FparError(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r}); {hint}") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a reader sees either the old file or the complete new one.
 

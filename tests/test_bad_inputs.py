@@ -572,7 +572,167 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         2,
         "unknown flow method 'magic'",
     ),  # noqa: E501
+    # ---- outputs that are there already: refused before anything is written (the file stays as it was)
+    (
+        "cam over a file",
+        lambda w: ["cam", str(w.run), "S2/take_cup/1", "--out", _mine(w, "c.png")],
+        2,
+        "exists; nothing was written",
+    ),  # noqa: E501
+    (
+        "data show over a file",
+        lambda w: ["data", "show", T, "S2/take_cup/1", "--out", _mine(w, "s.png")],
+        2,
+        "exists; nothing was written",
+    ),  # noqa: E501
+    (
+        "export over a file",
+        lambda w: ["export", str(w.run), "--format", "torch-export", "--out", _mine(w, "e.pt2")],
+        2,
+        "exists; nothing was written",
+    ),  # noqa: E501
+    (
+        "export over its sidecar",
+        lambda w: ["export", str(w.run), "--format", "torch-export", "--out", _mine(w, "f.pt2.json")[:-5]],
+        2,
+        "f.pt2.json exists",
+    ),  # noqa: E501
+    (
+        "pretrain over a file",
+        lambda w: ["pretrain", T, _mine(w, "p.pt"), "--epochs", "1"],
+        2,
+        "exists; nothing was written",
+    ),  # noqa: E501
+    (
+        "pretrain for 0 epochs",
+        lambda w: ["pretrain", T, str(w.tmp / "p0.pt"), "--epochs", "0"],
+        2,
+        "epochs=0, batch_size=32: give at least 1",
+    ),  # noqa: E501
+    (
+        "report into someone's folder",
+        lambda w: ["report", str(w.run), "--out", str(Path(_mine(w, "rep/table.md")).parent)],
+        2,
+        "holds files that are not an fpar report",
+    ),  # noqa: E501
+    (
+        "report into a file",
+        lambda w: ["report", str(w.run), "--out", _mine(w, "rep.txt")],
+        2,
+        "is a file; give a folder",
+    ),
+    (
+        "sweep into a file",
+        lambda w: ["sweep", _grid(w, "g1"), "--out", _mine(w, "sw.txt"), "--max-trials", "0"],
+        2,
+        "is a file; give a folder",
+    ),  # noqa: E501
+    (
+        "sweep into another grid's folder",
+        lambda w: ["sweep", _grid(w, "g3"), "--out", _swept(w, "g2"), "--max-trials", "0"],
+        2,
+        "holds the sweep of grid 'g2', not 'g3'",
+    ),  # noqa: E501
+    (
+        "train into another run's config",
+        lambda w: ["train", T, f"out={Path(_mine(w, 'own/config.yaml')).parent}"],
+        2,
+        "holds a config.yaml of another run",
+    ),  # noqa: E501
+    # ---- values and files of the wrong kind
+    ("name that leaves runs/", lambda w: ["train", T, "name=../../escaped"], 2, "config key 'name' is '../../escaped'"),
+    ("infinite learning rate", lambda w: ["train", T, "optim.lr=inf"], 2, "config key 'optim.lr' must be finite"),
+    ("no training subject", lambda w: ["train", T, "data.train_subjects=[]"], 2, "the training split of"),
+    ("extends is no file name", lambda w: ["config", str(w.file("ext.yaml", "extends: 5\n"))], 2, "'extends' is 5"),
+    (
+        "grid base a number",
+        lambda w: ["sweep", str(w.file("gb.yaml", "base: 5\ngrid: {optim.lr: [0.1]}\n")), "--max-trials", "0"],
+        2,
+        "base is 5",
+    ),  # noqa: E501
+    (
+        "grid stage a word",
+        lambda w: ["sweep", str(w.file("gs.yaml", "stages: [a]\n")), "--max-trials", "0"],
+        2,
+        "each of stages is a mapping",
+    ),  # noqa: E501
+    (
+        "grid published a word",
+        lambda w: ["sweep", _grid(w, "gp", "published: {base: abc}\n"), "--max-trials", "0"],
+        2,
+        "published numbers must be numbers",
+    ),  # noqa: E501
+    (
+        "grid pivot of numbers",
+        lambda w: ["sweep", _grid(w, "gv", "pivot: {rows: 5, columns: optim.lr}\n"), "--max-trials", "0"],
+        2,
+        "5 is not a config key",
+    ),  # noqa: E501
+    (
+        "prepare CSV not UTF-8",
+        lambda w: [
+            "prepare",
+            str(w.file("latin.csv", b"video,subject,class\nv.mp4,S1,caf\xe9\n")),
+            str(w.tmp / "prep"),
+        ],
+        2,
+        "is not UTF-8 text (byte",
+    ),  # noqa: E501
+    (
+        "data show of size 0",
+        lambda w: ["data", "show", T, "S2/take_cup/1", "--transformed", "--input-size", "0"],
+        2,
+        "--input-size 0",
+    ),  # noqa: E501
+    (
+        "sweep status of a damaged manifest",
+        lambda w: ["sweep", str(Path(w.file("sw/sweep.json", "{")).parent), "--status"],
+        2,
+        "sweep.json cannot be read",
+    ),  # noqa: E501
+    (
+        "resume with a damaged summary",
+        lambda w: [
+            "train",
+            "--resume",
+            str(_copy_run(w, "damaged_summary", lambda d: (d / "summary.json").write_text("{"))),
+        ],
+        2,
+        "summary.json is damaged; delete it",
+    ),  # noqa: E501
+    (
+        "resume with an empty config",
+        lambda w: [
+            "train",
+            "--resume",
+            str(_copy_run(w, "empty_config", lambda d: (d / "config.yaml").write_text(""))),
+        ],
+        2,
+        "config.yaml is empty",
+    ),  # noqa: E501
 ]
+
+
+def _mine(w: World, name: str) -> str:
+    """A file of the user's where a command is told to write (the command must leave it as it is)."""
+    return str(w.file(f"mine/{name}", "precious\n"))
+
+
+def _grid(w: World, name: str, extra: str = "") -> str:
+    """A one-point grid file on the tiny data (no trial runs: --max-trials 0)."""
+    text = f"name: {name}\nbase: {_RECIPE}\noverrides: [data.root={w.tiny}]\ngrid: {{optim.lr: [0.1]}}\n{extra}"
+    return str(w.file(f"grids/{name}.yaml", text))
+
+
+def _swept(w: World, name: str) -> str:
+    """A sweep folder holding grid ``name``'s manifest (written by `fpar sweep --max-trials 0`)."""
+    out = w.tmp / "sweeps" / name
+    if not out.exists():
+        assert main(["sweep", _grid(w, name), "--out", str(out), "--max-trials", "0"]) == 0
+    return str(out)
+
+
+_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ego_rnn_stage1.yaml"
 
 
 def _state_dict_bytes() -> bytes:

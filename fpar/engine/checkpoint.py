@@ -109,6 +109,8 @@ def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, A
         with warnings.catch_warnings():  # torch warns about unusual pickles before refusing them: our line says it
             warnings.simplefilter("ignore")
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise FparError(f"cannot read checkpoint {f} (permission denied); give this user read access to it") from None
     except Exception as e:  # truncated file, not a torch file, arbitrary pickle
         raise FparError(
             f"cannot load checkpoint {f} ({type(e).__name__}); it is corrupt or not an fpar checkpoint"

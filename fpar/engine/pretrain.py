@@ -12,6 +12,7 @@ after 4 epochs; with it, 55% (and 73% after 6 epochs).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,10 @@ def pretrain_backbone(
         raise FparError(f"target must be 'noun' or 'class', got {target!r}")
     if not 0 <= color_jitter < 1:
         raise FparError(f"color_jitter must be in [0, 1) (0.2 = gains within 20%), got {color_jitter}")
+    if epochs < 1 or batch_size < 1:
+        raise FparError(f"epochs={epochs}, batch_size={batch_size}: give at least 1 of each")
+    if not (math.isfinite(lr) and lr > 0):
+        raise FparError(f"lr={lr}: give a finite learning rate above 0 (e.g. 1e-3)")
     seed_everything(seed)
     data = data if data is not None else DataConfig(root=str(root))
     manifest = read_dataset(data)

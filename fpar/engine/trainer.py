@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import ExperimentConfig, save_config, to_dict
+from ..config import ExperimentConfig, dump, save_config, to_dict
 from ..data.dataset import ClipDataset, collate_clips, make_splits
 from ..data.manifest import Manifest, Vocabulary
 from ..data.readers import read_dataset
@@ -473,6 +473,12 @@ def prepare(cfg: ExperimentConfig):
         if splits.select == splits.test
         else ClipDataset(manifest, splits.test, cfg.data, modalities=eval_mods, train=False, seed=cfg.seed)
     )
+    for what, ds in (("training", train_ds), ("selection", select_ds)):
+        if len(ds) == 0:
+            raise FparError(
+                f"the {what} split of {manifest.root} is empty ({splits.describe(cfg.data)}); check the split's keys "
+                "(data.<format>.train_subjects / test_subjects, data.split) and the videos (fpar data check)"
+            )
     if len(train_ds) < len(splits.train):
         logger.warning(
             "%d training videos lack a modality (%s) and are skipped",
@@ -552,13 +558,23 @@ def _epoch_of(path: Path) -> int | None:
 
 
 def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log) -> dict:
+    as_given = dump(cfg)  # before build_model resolves its automatic values (model.backbone_classes=0)
     last = None
     if resume:
         last = load_checkpoint(run, "last")
         done = int(last["epoch"])
         if last.get("finished") and cfg.train.epochs <= done and (run / "summary.json").is_file():
             log(f"{run} already finished {done} epochs; nothing to resume (train.epochs=N with N > {done} extends it)")
-            return json.loads((run / "summary.json").read_text())
+            try:
+                summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                summary = None
+            if not isinstance(summary, dict):
+                raise FparError(
+                    f"{run / 'summary.json'} is damaged; delete it and run `fpar train --resume {run}` again, which "
+                    "writes it anew from the run's checkpoints"
+                )
+            return summary
     else:
         if (run / "last.pt").exists():
             raise FparError(
@@ -620,6 +636,18 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
     chosen = select_metric(cfg)
     best = {"top1": -1.0, "epoch": 0, "selected_on": chosen}
     start = 0
+    if last is None and (run / "config.yaml").is_file():  # every rank looks: none goes on alone
+        # a run killed before its first checkpoint starts again here, with the config it had; another config (or
+        # a file that is no config of fpar's) belongs to something else, whose record this run would replace
+        try:
+            same = (run / "config.yaml").read_text(encoding="utf-8") in (dump(cfg), as_given)
+        except (OSError, UnicodeDecodeError):
+            same = False
+        if not same:
+            raise FparError(
+                f"{run} holds a config.yaml of another run (or not of fpar's), and no checkpoint; nothing was changed: "
+                "set out=NEW_FOLDER, or delete that folder to start this run there"
+            )
     if last is not None:
         src = (last.get("config") or {}).get("model", {}).get("name", "?")
         if src != cfg.model.name or list(last.get("classes") or []) != list(classes):

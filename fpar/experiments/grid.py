@@ -256,6 +256,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_key(key: str, where: str) -> None:
     """A key of the config in either spelling (``model.ego_rnn.ms.task`` or fpar 0.1.0's ``model.ms.task``); an
     error names it as written and suggests the closest key in either spelling."""
+    if not isinstance(key, str):
+        raise FparError(f"{where}: {key!r} is not a config key; give dotted keys such as optim.lr")
     keys = valid_keys()
     if canonical_key(key) in keys or key in ("seed", "name"):
         return
@@ -293,7 +295,29 @@ def _seeds(raw: Any, where: str) -> list[int] | None:
     return list(raw)
 
 
+def _number(value: Any, where: str) -> float:
+    """A published number (a percentage), or a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FparError(f"{where}: published numbers must be numbers (top-1 in %), got {value!r}")
+    return float(value)
+
+
+def _published(raw: Any, where: str) -> dict[str, float]:
+    published = raw or {}
+    if not isinstance(published, dict):
+        raise FparError(f"{where}: published must map point labels or ids to numbers")
+    return {str(k): _number(v, f"{where}, published '{k}'") for k, v in published.items()}
+
+
+def _recipe(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise FparError(f"{where}: base is {value!r}; give a recipe file, e.g. base: ../configs/ego_rnn_stage1.yaml")
+    return value
+
+
 def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
+    if not isinstance(raw, dict):
+        raise FparError(f"grid file {path}: each of stages is a mapping (name:, base:, grid: ...), got {raw!r}")
     name = str(raw.get("name", default_name))
     where = f"grid file {path} (stage '{name}')"
     for k in raw:
@@ -301,7 +325,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
             raise _unknown(k, STAGE_KEYS, where)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise FparError(f"{where}: a stage name may hold letters, digits, '_', '-' and '.' only")
-    base = (path.parent / raw["base"]).resolve() if raw.get("base") else None
+    base = (path.parent / _recipe(raw["base"], where)).resolve() if raw.get("base") else None
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict):
         raise FparError(f"{where}: grid must map keys to lists of values")
@@ -321,9 +345,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
         for k in p:
             if k not in RESERVED:
                 _check_key(k, f"{where}, point {i + 1}")
-    published = raw.get("published") or {}
-    if not isinstance(published, dict):
-        raise FparError(f"{where}: published must map point labels or ids to numbers")
+    published = _published(raw.get("published"), where)
     report = raw.get("report", True)
     if not isinstance(report, bool):
         raise FparError(f"{where}: report must be true or false")
@@ -335,7 +357,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
         points=points,
         seeds=_seeds(raw.get("seeds"), where),
         report=report,
-        published={str(k): float(v) for k, v in published.items()},
+        published=published,
     )
 
 
@@ -366,9 +388,7 @@ def load_grid(path: str | Path) -> Grid:
         multi = False
     seeds = _seeds(raw.get("seeds"), where) or [0]
     folds, fold_key = _folds(raw.get("folds"), where)
-    published = raw.get("published") or {}
-    if not isinstance(published, dict):
-        raise FparError(f"{where}: published must map point labels or ids to numbers")
+    published = _published(raw.get("published"), where)
     columns = raw.get("columns")  # None: show every varying key; a mapping (even empty): show those keys only
     if columns is not None and not isinstance(columns, dict):
         raise FparError(f"{where}: columns must map config keys to display names")
@@ -379,6 +399,8 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(pivot, dict) or set(pivot) != {"rows", "columns"}:
             raise FparError(f"{where}: pivot must be {{rows: [keys], columns: key}}")
         rows = pivot["rows"] if isinstance(pivot["rows"], list) else [pivot["rows"]]
+        if not isinstance(pivot["columns"], str):
+            raise FparError(f"{where}: pivot's columns is one config key, e.g. columns: optim.lr")
         for k in [*rows, pivot["columns"]]:
             _check_key(k, f"{where} (pivot)")
         pivot = {"rows": rows, "columns": pivot["columns"]}
@@ -389,7 +411,7 @@ def load_grid(path: str | Path) -> Grid:
         stages=stages,
         seeds=seeds,
         overrides=_overrides(raw.get("overrides"), where),
-        published={str(k): float(v) for k, v in published.items()},
+        published=published,
         columns=None if columns is None else {str(k): str(v) for k, v in columns.items()},
         folds=folds,
         fold_key=fold_key,
@@ -486,7 +508,7 @@ def stage_points(grid: Grid, stage: Stage) -> list[Point]:
                 label = " ".join(f"{names[k]}={format_value(v)}" for k, v in shown.items()) or stage.name
             elif combo:
                 label = f"{label} " + " ".join(f"{names[k]}={format_value(v)}" for k, v in combo.items())
-            base = (grid.path.parent / p["base"]).resolve() if p.get("base") else stage.base
+            base = (grid.path.parent / _recipe(p["base"], where)).resolve() if p.get("base") else stage.base
             if base is None:
                 raise FparError(f"{where}: no base recipe; give base: RECIPE.yaml (relative to the grid file)")
             if not Path(base).is_file():
@@ -499,7 +521,7 @@ def stage_points(grid: Grid, stage: Stage) -> list[Point]:
                     label=label,
                     base=Path(base),
                     values=values,
-                    published=float(pub) if pub is not None and not combo else None,
+                    published=_number(pub, where) if pub is not None and not combo else None,
                     report=stage.report,
                     auto_label=auto,
                 )

@@ -93,6 +93,17 @@ class RunData:
         return self.summary is not None
 
 
+def _epoch_row(row: Any) -> bool:
+    """Whether a metrics.jsonl row is one an epoch wrote: an integer epoch and numbers (or null) for its metrics."""
+    if not isinstance(row, dict) or type(row.get("epoch")) is not int:
+        return False
+    return all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        for k, v in row.items()
+        if k.endswith(("top1", "top5", "loss", "_s", "acc"))
+    )
+
+
 def load_run_data(path: str | os.PathLike, name: str | None = None) -> RunData:
     """Summary, metrics.jsonl rows and config.yaml of a run folder (missing files give empty parts)."""
     p = Path(path)
@@ -103,15 +114,22 @@ def load_run_data(path: str | os.PathLike, name: str | None = None) -> RunData:
         except (ValueError, UnicodeDecodeError):
             logger.warning("skipped %s: it is not valid JSON (a corrupt or hand-edited summary)", p / "summary.json")
             summary = None
+        if summary is not None and not isinstance(summary, dict):
+            logger.warning("skipped %s: it holds no summary (a JSON %s)", p / "summary.json", type(summary).__name__)
+            summary = None
     history = []
     if (p / "metrics.jsonl").is_file():
-        for line in (p / "metrics.jsonl").read_text().splitlines():
+        for line in (p / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines():
             line = line.strip()
             if line:
                 try:
-                    history.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError:
-                    pass  # a line cut by a crash
+                    continue  # a line cut by a crash
+                if _epoch_row(row):
+                    history.append(row)
+                else:
+                    logger.warning("skipped a line of %s: it is not an epoch's metrics", p / "metrics.jsonl")
     config: dict[str, Any] = {}
     if (p / "config.yaml").is_file():
         try:
@@ -602,6 +620,23 @@ def _figure_runs(row: Row, all_runs: bool) -> list[RunData]:
     return [max(row.runs, key=lambda r: r.summary.get("best_top1", -1))]  # the point's best seed
 
 
+REPORT_MARK = ".fpar-report"  # in every report folder: a later report may replace what an earlier one wrote there
+
+
+def _claim_report_folder(out: Path) -> None:
+    """``out`` as this report's folder: new, empty, or an earlier report's (its mark); anything else holds files
+    someone else wrote, which a report must not overwrite (a one-line error, nothing written)."""
+    if out.exists() and not out.is_dir():
+        raise FparError(f"--out {out} is a file; give a folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARK).is_file():
+        raise FparError(
+            f"--out {out} holds files that are not an fpar report; nothing was written: give another --out (a new "
+            "folder) or empty it"
+        )
+    out.mkdir(parents=True, exist_ok=True)  # (a folder that cannot be written: the CLI's one line for OSError)
+    (out / REPORT_MARK).write_text("written by fpar report; a later report may replace this folder's files\n")
+
+
 def make_report(
     paths: list[str | os.PathLike], out_dir: str | os.PathLike, *, all_runs: bool = False, title: str | None = None
 ) -> dict[str, Any]:
@@ -620,6 +655,7 @@ def make_report(
         raise FparError("give at least one sweep or run folder to report on")
     tables = collect(paths)
     out = Path(out_dir)
+    _claim_report_folder(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     md = "\n\n".join(table_text(t) for t in tables) + "\n"

@@ -529,12 +529,24 @@ def sweep_dir_for(grid: Grid, out: str | os.PathLike | None) -> Path:
 
 def _read_summary(run: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
+        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
         return None
+    return s if isinstance(s, dict) else None
 
 
 def write_manifest(sweep: Path, grid: Grid, trials: list[Trial], url: str, extra: list[str], seeds) -> None:
+    """``sweep.json`` and ``grid.yaml``. A folder holding another grid's sweep is refused: its trials and run
+    folders would be orphaned under this grid's manifest (a damaged manifest is rewritten)."""
+    try:
+        before = json.loads((sweep / SWEEP_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        before = None
+    if isinstance(before, dict) and before.get("name") not in (None, grid.name):
+        raise FparError(
+            f"{sweep} holds the sweep of grid '{before['name']}', not '{grid.name}'; nothing was changed: give this "
+            "grid another --out"
+        )
     points: dict[tuple[str, str], dict[str, Any]] = {}
     for t in trials:
         points.setdefault(
@@ -608,6 +620,8 @@ def run_sweep(
     grid = load_grid(grid_path)
     trials = expand(grid, extra_overrides=extra_overrides, seeds=seeds)
     sweep = sweep_dir_for(grid, out).resolve()
+    if sweep.exists() and not sweep.is_dir():
+        raise FparError(f"--out {sweep} is a file; give a folder for the sweep")
     sweep.mkdir(parents=True, exist_ok=True)
     url = storage_url(sweep, storage)
     write_manifest(sweep, grid, trials, url, list(extra_overrides), seeds)
@@ -803,7 +817,15 @@ def read_manifest(sweep: str | os.PathLike) -> dict[str, Any]:
     p = Path(sweep) / SWEEP_FILE
     if not p.is_file():
         raise FparError(f"{sweep} is not a sweep folder (no {SWEEP_FILE}); give the folder `fpar sweep` wrote")
-    return json.loads(p.read_text())
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FparError(
+            f"{p} cannot be read ({type(e).__name__}); run `fpar sweep GRID --out {sweep}` again to rewrite it"
+        ) from None
+    if not isinstance(m, dict) or not isinstance(m.get("trials"), list):
+        raise FparError(f"{p} is not a sweep manifest; run `fpar sweep GRID --out {sweep}` again to rewrite it")
+    return m
 
 
 def sweep_status(sweep: str | os.PathLike, *, storage: str | None = None, ledger: Ledger | None = None) -> dict:

@@ -140,7 +140,7 @@ def export_model(
     import torch
 
     from fpar.engine.run import open_run
-    from fpar.utils import atomic_write_json
+    from fpar.utils import atomic_write_json, refuse_existing
     from fpar.version import __version__
 
     if format not in FORMATS:
@@ -160,6 +160,8 @@ def export_model(
     out_path = Path(out) if out is not None else ckpt_path.with_suffix(SUFFIX[format])
     if out_path.is_dir():
         raise FparError(f"--out {out_path} is a folder; give a file name, e.g. {out_path / ('model' + SUFFIX[format])}")
+    refuse_existing(out_path, "--out")
+    refuse_existing(out_path.with_name(out_path.name + ".json"), "--out")  # the sidecar
     tmp = out_path.parent / f".{out_path.stem}.tmp-{os.getpid()}{out_path.suffix}"
     try:  # before minutes of tracing: can the file be written at all?
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -314,6 +314,10 @@ def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int]
     from fpar.drawing import label_overlay
     from fpar.utils import atomic_write_bytes
 
+    names = [out_dir / f"cam{k + 1:02d}_frame{indices[k] + 1:05d}.png" for k in range(len(attn))]
+    there = [p for p in names if p.exists()]
+    if there:  # checked before the first is written: nothing is overwritten, and no half set is left
+        raise FparError(f"{there[0]} exists; nothing was written: give another --cam folder or empty this one")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     # attn (T', h, w); T' = T - 1 with the representation-flow layer: map k belongs to the step from frame k to k+1
@@ -322,7 +326,7 @@ def _write_cams(crops: list[np.ndarray], attn, out_dir: Path, indices: list[int]
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:
             raise OSError("PNG encoding failed")
-        p = out_dir / f"cam{k + 1:02d}_frame{indices[k] + 1:05d}.png"
+        p = names[k]
         atomic_write_bytes(p, buf.tobytes())
         paths.append(str(p))
     return paths

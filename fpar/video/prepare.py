@@ -25,6 +25,7 @@ Hidden paths (``.fpar-*``) are ignored by the dataset loader, so none of this bo
 from __future__ import annotations
 
 import csv as _csv
+import io
 import logging
 import multiprocessing as mp
 import os
@@ -45,7 +46,7 @@ import numpy as np
 
 from fpar.data.readers.gtea61 import GTEA61Config
 from fpar.errors import FparError
-from fpar.utils import atomic_write_json, pid_alive
+from fpar.utils import atomic_write_json, pid_alive, read_utf8
 from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
 
 __all__ = ["prepare", "discover", "Job", "MANIFEST_NAME", "LOCK_NAME", "TMP_NAME", "MMAP_THRESH"]
@@ -158,7 +159,7 @@ def _discover_csv(csv_path: Path, fallback_dir: Path | None) -> list[Job]:
     base = csv_path.parent
     jobs: list[Job] = []
     counters: dict[tuple[str, str], int] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_utf8(csv_path, "save the CSV as UTF-8"), newline="") as fh:
         reader = _csv.DictReader(fh)
         header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
         missing = [c for c in ("video", "subject", "class") if c not in header]
@@ -707,6 +708,8 @@ def prepare(
         for note in notes:
             log.warning("prepare: %s", note)
     root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise FparError(f"OUT {root} is a file; give a folder for the prepared dataset")
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
     if layout == "egtea":  # out becomes an EGTEA root: its annotations beside the frames

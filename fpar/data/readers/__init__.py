@@ -71,6 +71,6 @@ def split_by_role(manifest: Manifest, train_role: str, test_role: str, what: str
     if not train or not test:
         raise FparError(
             f"{what} under {manifest.root} has {len(train)} usable {train_role} and {len(test)} {test_role} "
-            "segments; run `fpar data check` on it"
+            "segments; `fpar data check --json` lists each unusable segment with the reason"
         )
     return train, test

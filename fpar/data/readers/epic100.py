@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import bisect
 import csv
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from ...errors import FparError
 from ...registry import ReaderSpec, register_reader
+from ...utils import read_utf8
 from ..frames import FrameSeq, folder_numbers, tar_numbers
 from ..manifest import Manifest, Problem, VideoRecord, Vocabulary
 from . import split_by_role
@@ -43,6 +45,7 @@ COLUMNS = (
 )  # fmt: skip
 TEST_COLUMNS = COLUMNS[:8]  # EPIC_100_test_timestamps.csv: no labels
 FPAR_FLOW_BOUND = 20.0  # fpar's own flow encoding (v = 128 + 255 f / 40): what every model sees
+_UTF8_HINT = "the EPIC-100 CSVs are UTF-8: take the file as the annotations repository ships it"
 _EPIC55 = re.compile(r"^P\d+_\d{2}$")  # P01_01 (EPIC-55) as opposed to P01_101 (the extension)
 _TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)$")
 
@@ -91,7 +94,7 @@ def read_classes(path: Path) -> list[str]:
             "data.epic100.annotations to the folder that holds them"
         )
     keys: dict[int, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_utf8(path, _UTF8_HINT), newline="") as fh:
         reader = csv.DictReader(fh)
         for row in reader:
             try:
@@ -110,7 +113,7 @@ def _ids(path: Path) -> set:
     out: set = set()
     if not path.is_file():
         return out
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_utf8(path, _UTF8_HINT), newline="") as fh:
         for n, row in enumerate(csv.reader(fh)):
             if n == 0 and row and not any(c.strip().isdigit() for c in row) and not row[0].startswith("P"):
                 continue  # header
@@ -186,7 +189,7 @@ def read_rows(path: Path, columns: tuple[str, ...], problems: list[Problem], roo
     if not path.is_file():
         raise FparError(f"{path} is missing; set data.epic100.annotations to the folder with the EPIC-100 CSVs")
     out = []
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_utf8(path, _UTF8_HINT), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or tuple(h.strip() for h in header[: len(columns)]) != columns:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# The suite's recorded numbers (the demo's metrics, bit-exact resumes) are the CPU's, and its runs use
+# train.device=auto: on a machine with a GPU they would train there. So the tests see no GPU (set before CUDA starts;
+# subprocesses inherit it) unless CUDA_VISIBLE_DEVICES is set already.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # One intra-op thread: tiny tensors run faster, and the 2-core machine stays usable while the suite runs.
 torch.set_num_threads(1)

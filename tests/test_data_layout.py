@@ -207,3 +207,31 @@ def test_check_finds_truncated_image(tmp_path):
     bad = [p for p in r["problems"] if p["kind"] == "unreadable_image"]
     assert bad and bad[0]["path"].endswith("rgb0003.png")
     assert r["usable_videos"] == 1 and not r["usable"]
+
+
+def test_a_jpeg_cut_short_is_refused_without_libjpeg_s_warnings(tmp_path, capfd):
+    """libjpeg decodes a cut JPEG with grey rows and only warns on stderr; fpar refuses it (a file, or a member of
+    an EPIC tar), naming it, and libjpeg prints nothing. A whole JPEG, or one padded after its end marker, reads."""
+    import tarfile
+
+    from fpar.data.frames import SEP
+    from fpar.data.imageio import ImageError
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), (5, 5), 0)
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    whole, padded, cut = tmp_path / "whole.jpg", tmp_path / "padded.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(data)
+    padded.write_bytes(data + bytes(200))
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    assert np.array_equal(read_rgb(str(whole)), read_rgb(str(padded)))
+    assert read_rgb(str(whole)).shape == (48, 64, 3)
+    capfd.readouterr()
+    with pytest.raises(ImageError, match=r"cut.jpg is a JPEG cut short \(no end-of-image marker\)"):
+        read_rgb(str(cut))
+    tar = tmp_path / "P01_01.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(cut, arcname="./frame_0000000001.jpg")
+    with pytest.raises(ImageError, match="is a JPEG cut short .* download its tar again"):
+        read_rgb(f"{tar}{SEP}./frame_0000000001.jpg")
+    assert capfd.readouterr().err == ""  # libjpeg never saw the cut files

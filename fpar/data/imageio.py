@@ -47,6 +47,30 @@ def _read_png_rgb(path: str) -> np.ndarray | None:
     return img if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 else None
 
 
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_JPEG_TAIL = 1024  # the end-of-image marker is looked for this far from the end (some writers pad after it)
+
+
+def _jpeg_cut(head: bytes, tail: bytes) -> bool:
+    """Whether a file that starts with ``head`` and ends with ``tail`` (its last `_JPEG_TAIL` bytes) is a JPEG cut
+    short: no end-of-image marker. libjpeg decodes such a file all the same, the missing rows grey, and only warns on
+    stderr ("Premature end of JPEG file"), so a cut frame would be trained on; fpar refuses it, naming the file.
+    (In the entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, never by 0xD9.)"""
+    return head[:2] == _JPEG_SOI and _JPEG_EOI not in tail
+
+
+def _jpeg_file_cut(path: str) -> bool:
+    if not path.lower().endswith((".jpg", ".jpeg")):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - _JPEG_TAIL))
+            return _jpeg_cut(head, fh.read())
+    except OSError:
+        return False  # cv2.imread fails on it and _read says why
+
+
 class ImageError(FparError):
     """An image fpar cannot use; ``kind`` is ``unreadable_image`` (missing, unreadable, truncated, not an image) or
     ``colour_flow`` (a flow image that is not 8-bit grey), the `fpar data check` problem kind."""
@@ -60,6 +84,8 @@ def _read(path: str, flag: int) -> np.ndarray:
     ref = split_ref(path)
     if ref is not None:
         return _read_member(path, *ref, flag)
+    if _jpeg_file_cut(path):
+        raise ImageError(f"image {path} is a JPEG cut short (no end-of-image marker); replace or delete it")
     img = cv2.imread(path, flag)
     if img is None:
         if not os.path.exists(path):
@@ -83,6 +109,8 @@ def _read_member(ref: str, container: str, member: str, flag: int) -> np.ndarray
         data = read_tar_member(container, member)
     except FparError as e:
         raise ImageError(str(e)) from None
+    if _jpeg_cut(data[:2], data[-_JPEG_TAIL:]):
+        raise ImageError(f"image {ref} is a JPEG cut short (no end-of-image marker); download its tar again")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if img is None:
         raise ImageError(f"image {ref} cannot be decoded (truncated or not an image); download its tar again")

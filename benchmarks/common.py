@@ -9,9 +9,13 @@ from typing import Any
 
 def emit_json(result: dict[str, Any], path: str | Path | None) -> None:
     """Print ``result`` as indented JSON, and write it to ``path`` too (``--json``; folders made) when given."""
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
+    write_json(result, path)
+
+
+def write_json(result: dict[str, Any], path: str | Path | None) -> None:
+    """``result`` as indented JSON into ``path`` (folders made); nothing without a path."""
     if path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        path.write_text(json.dumps(result, indent=2) + "\n")

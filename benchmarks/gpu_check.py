@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -37,6 +38,9 @@ from fpar.engine.trainer import cuda_has_bf16
 from fpar.models.backbone import ResNetTrunk
 from fpar.models.heads import total_loss
 from fpar.registry import model_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402  (benchmarks/common.py)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # name -> (config, overrides). The two-stream models are built from trained stream runs, which a bare machine does
@@ -188,13 +192,6 @@ def _section(target: dict, key: str, make) -> None:
         print(key, "failed:", target[key]["error"], flush=True)
 
 
-def _write(out: dict, path: Path | None) -> None:
-    """The figures so far, to ``--json`` after every section: a lease that ends mid-run loses nothing measured."""
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -222,7 +219,7 @@ def main() -> None:
 
     for name, (yaml, extra) in FAMILIES.items():
         _section(out["train_steps"], name, family(name, yaml, extra))
-        _write(out, a.json)
+        write_json(out, a.json)  # after every section: a lease that ends mid-run loses nothing measured
     memory = [
         "model.ego_rnn.ms.enabled=true",
         "model.ego_rnn.ms.layer=conv4",
@@ -239,9 +236,9 @@ def main() -> None:
             "memory", "ego_rnn_stage2.yaml", device, small=a.small, batch=mem_batch, overrides=memory
         ),
     )
-    _write(out, a.json)
+    write_json(out, a.json)
     _section(out, "tvl1_torch", lambda: flow_figures(device, small=a.small))
-    _write(out, a.json)
+    write_json(out, a.json)
     if a.compile:  # last: compiling takes minutes, and what came before is written already
         _section(
             out,
@@ -255,8 +252,8 @@ def main() -> None:
                 overrides=["train.compile=true"],
             ),
         )
-        _write(out, a.json)
-    print(json.dumps(out, indent=2))
+        write_json(out, a.json)
+    print(json.dumps(out, indent=2))  # (written to --json after the last section already)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from .errors import FparError
-from .utils import refuse_existing
+from .utils import refuse_existing, refuse_file
 
 app = typer.Typer(
     add_completion=False,
@@ -624,8 +624,8 @@ def predict(
         return
     if video is None:
         raise FparError("give a VIDEO (file or frame folder) to classify, or --epic-test CSV --out FILE.json")
-    if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
-        raise FparError(f"--cam {cam_dir} is a file; give a folder for the CAM overlays")
+    if cam_dir is not None:
+        refuse_file(cam_dir, "--cam", "the CAM overlays")
     r = predict_video(run, video, top=top, cam_out=cam_dir, flow_method=flow, fps=fps, short_side=short_side)
     if json_out:
         typer.echo(json.dumps(r, indent=2))

@@ -552,6 +552,8 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     return [path]
 
 
+NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what a run's, grid's or stage's name (a folder name) may hold
+
 _CHOICES = {
     "data.select_on": ("test", "val"),
     "data.sampling": ("seed", "egornn"),
@@ -601,7 +603,7 @@ def validate(cfg: ExperimentConfig) -> None:
         if not math.isfinite(d[key]):
             raise FparError(f"config key '{key}' must be finite, got {d[key]}")
     parts = cfg.name.split("/")  # a sweep's trials are named <grid>/<trial>
-    if not all(re.fullmatch(r"[A-Za-z0-9_.-]+", x) and set(x) != {"."} for x in parts):
+    if not all(NAME.fullmatch(x) and set(x) != {"."} for x in parts):
         raise FparError(
             f"config key 'name' is {cfg.name!r}: a run's name (its folder under runs/) may hold letters, digits, "
             "'_', '-', '.' and '/' between them only; give the folder itself with out=PATH"

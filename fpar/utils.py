@@ -30,6 +30,27 @@ def refuse_existing(path: str | os.PathLike, option: str) -> Path:
     return p
 
 
+def refuse_file(path: str | os.PathLike, option: str, what: str) -> Path:
+    """``path`` as a Path, or a one-line error when it is a file where a folder goes (for ``what``, given by
+    ``option``): the folder-side twin of `refuse_existing`."""
+    from .errors import FparError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise FparError(f"{option} {p} is a file; give a folder for {what}")
+    return p
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object (mapping) in ``path``; None when the file is missing, unreadable, not JSON (a write cut
+    short) or holds something else than a mapping. For fpar's own files, which the caller can do without."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def read_utf8(path: str | os.PathLike, hint: str = "save it as UTF-8") -> str:
     """The text of ``path`` (UTF-8, a leading BOM dropped), or a one-line error naming the first byte that is not
     UTF-8 and ``hint`` (what to do). For CSVs: ``csv.reader(io.StringIO(text, newline=""))``."""

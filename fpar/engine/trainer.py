@@ -44,6 +44,7 @@ from ..utils import (
     fault,
     flush_denormal,
     keep_freed_memory,
+    read_json_object,
     remove_leftover_temps,
     seed_everything,
 )
@@ -565,11 +566,8 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
         done = int(last["epoch"])
         if last.get("finished") and cfg.train.epochs <= done and (run / "summary.json").is_file():
             log(f"{run} already finished {done} epochs; nothing to resume (train.epochs=N with N > {done} extends it)")
-            try:
-                summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError):
-                summary = None
-            if not isinstance(summary, dict):
+            summary = read_json_object(run / "summary.json")
+            if summary is None:
                 raise FparError(
                     f"{run / 'summary.json'} is damaged; delete it and run `fpar train --resume {run}` again, which "
                     "writes it anew from the run's checkpoints"

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
+    NAME,
     ExperimentConfig,
     alias_keys,
     canonical_key,
@@ -323,7 +324,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
     for k in raw:
         if k not in STAGE_KEYS:
             raise _unknown(k, STAGE_KEYS, where)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not NAME.fullmatch(name):
         raise FparError(f"{where}: a stage name may hold letters, digits, '_', '-' and '.' only")
     base = (path.parent / _recipe(raw["base"], where)).resolve() if raw.get("base") else None
     grid = raw.get("grid") or {}
@@ -370,7 +371,7 @@ def load_grid(path: str | Path) -> Grid:
         if k not in TOP_KEYS:
             raise _unknown(k, TOP_KEYS, where)
     name = str(raw.get("name") or path.stem)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+    if not NAME.fullmatch(name):
         raise FparError(f"{where}: name may hold letters, digits, '_', '-' and '.' only")
     if "stages" in raw:
         stray = [k for k in ("base", "grid", "points") if k in raw]

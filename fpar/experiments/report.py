@@ -41,7 +41,7 @@ import yaml
 
 from ..config import canonical_key, flat_dict, run_reference_keys
 from ..errors import FparError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, refuse_file
 
 METRICS = (
     ("best_top1", "best top-1"),
@@ -626,8 +626,7 @@ REPORT_MARK = ".fpar-report"  # in every report folder: a later report may repla
 def _claim_report_folder(out: Path) -> None:
     """``out`` as this report's folder: new, empty, or an earlier report's (its mark); anything else holds files
     someone else wrote, which a report must not overwrite (a one-line error, nothing written)."""
-    if out.exists() and not out.is_dir():
-        raise FparError(f"--out {out} is a file; give a folder for the report")
+    refuse_file(out, "--out", "the report")
     if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARK).is_file():
         raise FparError(
             f"--out {out} holds files that are not an fpar report; nothing was written: give another --out (a new "

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FparError
-from ..utils import atomic_write_json, atomic_write_text, fault, pid_alive
+from ..utils import atomic_write_json, atomic_write_text, fault, pid_alive, read_json_object, refuse_file
 from .grid import Grid, Trial, expand, load_grid, trial_config
 
 logger = logging.getLogger(__name__)
@@ -528,21 +528,14 @@ def sweep_dir_for(grid: Grid, out: str | os.PathLike | None) -> Path:
 
 
 def _read_summary(run: Path) -> dict[str, Any] | None:
-    try:
-        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
-        return None
-    return s if isinstance(s, dict) else None
+    return read_json_object(run / "summary.json")
 
 
 def write_manifest(sweep: Path, grid: Grid, trials: list[Trial], url: str, extra: list[str], seeds) -> None:
     """``sweep.json`` and ``grid.yaml``. A folder holding another grid's sweep is refused: its trials and run
     folders would be orphaned under this grid's manifest (a damaged manifest is rewritten)."""
-    try:
-        before = json.loads((sweep / SWEEP_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        before = None
-    if isinstance(before, dict) and before.get("name") not in (None, grid.name):
+    before = read_json_object(sweep / SWEEP_FILE)
+    if before is not None and before.get("name") not in (None, grid.name):
         raise FparError(
             f"{sweep} holds the sweep of grid '{before['name']}', not '{grid.name}'; nothing was changed: give this "
             "grid another --out"
@@ -620,8 +613,7 @@ def run_sweep(
     grid = load_grid(grid_path)
     trials = expand(grid, extra_overrides=extra_overrides, seeds=seeds)
     sweep = sweep_dir_for(grid, out).resolve()
-    if sweep.exists() and not sweep.is_dir():
-        raise FparError(f"--out {sweep} is a file; give a folder for the sweep")
+    refuse_file(sweep, "--out", "the sweep")
     sweep.mkdir(parents=True, exist_ok=True)
     url = storage_url(sweep, storage)
     write_manifest(sweep, grid, trials, url, list(extra_overrides), seeds)
@@ -819,7 +811,7 @@ def read_manifest(sweep: str | os.PathLike) -> dict[str, Any]:
         raise FparError(f"{sweep} is not a sweep folder (no {SWEEP_FILE}); give the folder `fpar sweep` wrote")
     try:
         m = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise FparError(
             f"{p} cannot be read ({type(e).__name__}); run `fpar sweep GRID --out {sweep}` again to rewrite it"
         ) from None

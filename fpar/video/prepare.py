@@ -46,7 +46,7 @@ import numpy as np
 
 from fpar.data.readers.gtea61 import GTEA61Config
 from fpar.errors import FparError
-from fpar.utils import atomic_write_json, pid_alive, read_utf8
+from fpar.utils import atomic_write_json, pid_alive, read_utf8, refuse_file
 from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
 
 __all__ = ["prepare", "discover", "Job", "MANIFEST_NAME", "LOCK_NAME", "TMP_NAME", "MMAP_THRESH"]
@@ -708,8 +708,7 @@ def prepare(
         for note in notes:
             log.warning("prepare: %s", note)
     root = Path(out)
-    if root.exists() and not root.is_dir():
-        raise FparError(f"OUT {root} is a file; give a folder for the prepared dataset")
+    refuse_file(root, "OUT", "the prepared dataset")
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
     if layout == "egtea":  # out becomes an EGTEA root: its annotations beside the frames

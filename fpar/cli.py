@@ -172,10 +172,6 @@ def data_show(
     from .data.readers import read_dataset
     from .data.show import find_video, show_video
 
-    if input_size < 1 or scale_size < input_size:
-        raise FparError(
-            f"--input-size {input_size}, --scale-size {scale_size}: give sizes with 1 <= --input-size <= --scale-size"
-        )
     manifest = read_dataset(DataConfig(root=root))
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"

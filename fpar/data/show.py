@@ -54,13 +54,18 @@ def show_video(
     labelled in its corner and the sheet headed by the video; labels are scaled down and wrapped to fit
     (`fpar.drawing.fit_text`), so none is cut on small frames.
 
-    Raises FparError for ``frames`` < 1.
+    Raises FparError for ``frames`` < 1, or sizes of ``cfg`` outside 1 <= input_size <= scale_size.
 
     With ``transformed`` the images are what the model sees after the (test, or ``train``) transform.
     """
     v = manifest.videos[index]
     if frames < 1:
         raise FparError(f"--frames {frames}: show at least 1 frame")
+    if cfg is not None and not 1 <= cfg.input_size <= cfg.scale_size:
+        raise FparError(
+            f"--input-size {cfg.input_size}, --scale-size {cfg.scale_size}: give sizes with 1 <= --input-size <= "
+            "--scale-size"
+        )
     idx = uniform_indices(v.num_frames, frames)
     cols = []
     rgb = [read_rgb(v.rgb[k]) for k in idx]

@@ -16,17 +16,17 @@ from typing import Any
 import numpy as np
 
 
-def refuse_existing(path: str | os.PathLike, option: str) -> Path:
+def refuse_existing(path: str | os.PathLike, option: str, hint: str = "") -> Path:
     """``path`` as a Path, or a one-line error when something is there already: fpar writes no file over one that
     exists (the guarantee "nothing already written is lost"), and a folder is not a file. ``option`` names the
-    argument that gave the path (``--out``), for the message."""
+    argument that gave the path (``--out``), ``hint`` (optional) says where that path came from."""
     from .errors import FparError
 
     p = Path(path)
     if p.is_dir():
         raise FparError(f"{option} {p} is a folder; give a file name")
     if p.exists() or p.is_symlink():
-        raise FparError(f"{p} exists; nothing was written: give another {option} or delete it")
+        raise FparError(f"{p} exists{hint}; nothing was written: give another {option} or delete it")
     return p
 
 

@@ -311,9 +311,10 @@ def _output_paths(
 
 
 def _refuse_existing(path: Path, key: str) -> None:
-    if path.exists():
-        hint = " (written next to --out unless --timeline says where)" if key == "timeline" else ""
-        raise FparError(f"{path} exists{hint}; nothing was written: give another --{key} path or delete it")
+    from fpar.utils import refuse_existing
+
+    hint = " (written next to --out unless --timeline says where)" if key == "timeline" else ""
+    refuse_existing(path, f"--{key} path", hint)
 
 
 def _write_new(path: Path, data: bytes, key: str) -> None:

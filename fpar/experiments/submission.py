@@ -14,7 +14,7 @@ from ..data.readers.epic100 import read_test_segments
 from ..engine.run import open_run
 from ..engine.trainer import make_loader, pick_device, predict_all
 from ..errors import FparError
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, refuse_existing
 
 SUBMISSION_VERSION = "0.2"  # the EPIC-KITCHENS-100 action-recognition format
 CHALLENGE = "action_recognition"
@@ -44,9 +44,7 @@ def epic_submission(
         ``{"out", "segments", "verbs", "nouns"}``.
     """
     pt, tl, td = parse_sls(sls)
-    out = Path(out)
-    if out.exists():
-        raise FparError(f"{out} exists; nothing was changed: give another --out or delete it")
+    out = refuse_existing(out, "--out")
     r = open_run(run)
     if not r.vocab.has_verb_noun or r.cfg.model.heads != "verb_noun":
         raise FparError(

@@ -24,7 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check, synth, show.")
+data_app = typer.Typer(no_args_is_help=True, help="Dataset tools: check, synth, show, cache.")
 app.add_typer(data_app, name="data")
 
 
@@ -407,7 +407,9 @@ def model_params(
 
 @app.command()
 def cam(
-    run: str = typer.Argument(..., help="run folder or checkpoint (Ego-RNN or two-stream)"),
+    run: str = typer.Argument(
+        ..., help="run folder or checkpoint (a family with attention maps: Ego-RNN, two-stream, LSTA)"
+    ),
     video: str = typer.Argument(..., help="SUBJECT/CLASS/INSTANCE"),
     out: str | None = typer.Option(None, "--out", help="PNG path"),
     data: str | None = typer.Option(None, "--data"),
@@ -678,7 +680,9 @@ def _predict_windows(run: str, video: str, *, json_out: bool, **options) -> None
 
 @app.command("export")
 def export_cmd(
-    run: str = typer.Argument(..., help="run folder or checkpoint (Ego-RNN or flow_resnet)"),
+    run: str = typer.Argument(
+        ..., help="run folder or checkpoint (a family that exports: Ego-RNN, flow_resnet, LSTA RGB, plug-ins)"
+    ),
     fmt: str = typer.Option("onnx", "--format", help="onnx | torch-export"),
     out: str | None = typer.Option(None, "--out", help="output file (default: best.onnx / best.pt2 beside the run)"),
     frames: int | None = typer.Option(None, "--frames", help="Ego-RNN: clip length T (default: the run's)"),

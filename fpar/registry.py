@@ -296,12 +296,3 @@ def list_models() -> list[str]:
 
 def list_readers() -> list[str]:
     return list(reader_specs())
-
-
-def create_model(name: str, **kwargs):
-    """Build a registered model by keyword arguments, e.g. ``create_model("ego_rnn", num_classes=61,
-    pretrained="none")`` (scripts and notebooks; training builds from a config through `fpar.engine.build`)."""
-    spec = model_spec(name)
-    if spec.factory is None:
-        raise FparError(f"model '{name}' has no keyword constructor; build it from a config (fpar train)")
-    return spec.factory(**kwargs)

@@ -42,6 +42,35 @@ def test_registry_lists_the_families():
     assert {"ego_rnn", "flow_resnet", "two_stream"} <= set(list_models())
 
 
+def test_create_model_builds_a_family_without_a_constructor_as_its_config_does():
+    """LSTA has no keyword constructor: create_model routes each keyword to model.lsta.*, model.* or data.* and
+    builds what `fpar train` builds from those overrides (same parameters, same values from the same seed)."""
+    from fpar.config import load_config
+    from fpar.data.manifest import Vocabulary
+    from fpar.engine.build import build_model
+
+    torch.manual_seed(0)
+    made = create_model("lsta", classes=["a", "b", "c"], backbone="resnet18", pretrained="none", mem_size=8)
+    cfg = load_config(
+        None, ["model.name=lsta", "model.backbone=resnet18", "model.pretrained=none", "model.lsta.mem_size=8"]
+    )
+    torch.manual_seed(0)
+    built, _ = build_model(cfg, Vocabulary(["a", "b", "c"]))
+    assert type(made) is type(built)
+    ours, theirs = made.state_dict(), built.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert made(torch.randn(1, 2, 3, S, S)).logits.shape == (1, 3)
+    for kwargs, words in (
+        ({"num_classes": 3, "mem_sise": 8}, "no config key model.lsta.mem_sise, model.mem_sise or data.mem_sise"),
+        ({"mem_size": 8}, "needs the classes"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"num_classes": 3, "mem_size": "big"}, "model.lsta.mem_size"),
+    ):
+        with pytest.raises(FparError, match=words):
+            create_model("lsta", pretrained="none", **kwargs)
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_ego_rnn_variants_shapes_no_nan(name):
     model = tiny_ego(**VARIANTS[name]).train()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import torch
 from torch import nn
 
 from fpar.models.layers.conv_lstm import ConvLSTMCell
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402  (benchmarks/common.py)
 
 
 class EightConvCell(nn.Module):
@@ -137,8 +141,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row))
     out = {"threads": a.threads, "channels": a.channels, "rounds": a.rounds, "rows": rows}
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, a.json)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +39,9 @@ from fpar.data.frame_cache import build_frame_cache
 from fpar.data.layout import discover
 from fpar.data.synth import synthesize
 from fpar.data.transforms import normalize_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402  (benchmarks/common.py)
 
 
 def measure(ds, workers: int, batch: int, batches: int, normalise: bool = False) -> float:
@@ -149,8 +152,7 @@ def main() -> None:
         "png_decoder": "libspng (pyspng)" if imageio.pyspng is not None else "opencv",
         "rows": rows,
     }
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2))
+    write_json(out, a.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ The matmul time is a practical roofline: the ratio says how far the model is fro
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +19,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fpar import create_model
 from fpar.engine.stages import apply_trainable, set_train_mode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402  (benchmarks/common.py)
 
 STAGE2 = [r"^lstm\.", r"^classifier\.", r"^backbone\.layer4\.\d+\.conv[12]\.weight$", r"^backbone\.fc\.weight$"]
 
@@ -85,8 +88,7 @@ def main() -> None:
     }
     for k, v in out.items():
         print(f"{k:>28}: {v}")
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2))
+    write_json(out, a.json)
 
 
 if __name__ == "__main__":

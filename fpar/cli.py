@@ -58,6 +58,8 @@ def _threads() -> None:
 
     n = os.environ.get("FPAR_THREADS")
     if n:
+        if not n.strip().isdigit() or int(n) < 1:
+            raise FparError(f"FPAR_THREADS={n!r} must be a whole number of threads, at least 1 (or unset)")
         torch.set_num_threads(int(n))
 
 
@@ -496,6 +498,9 @@ def prepare(
     flow_device: str | None = typer.Option(None, "--flow-device", help="tvl1-torch device (default: cuda if any)"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    redo: bool = typer.Option(
+        False, "--redo", help="prepare again the videos OUT holds from other settings (replacing them)"
+    ),
 ):
     """Raw videos -> frames, warp flows (camera motion removed) and motion maps in the layout fpar trains on."""
     from .video.prepare import prepare as run_prepare
@@ -512,6 +517,7 @@ def prepare(
         layout=fmt,
         flow_batch=flow_batch,
         flow_device=flow_device,
+        redo=redo,
     )
     failed = s["failed"]
     if json_out:

@@ -487,6 +487,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     layers = [to_dict(cfg), *(_canonical_tree(_read_yaml(p)) for p in chain), cli]
+    for layer, source in zip(layers[1:], [*map(str, chain), "the command line"]):
+        _check_containers(layer, layers[0], source)
     try:
         merged = OmegaConf.to_container(OmegaConf.merge(*(OmegaConf.create(x) for x in layers)), resolve=True)
     except OmegaConfBaseException as e:
@@ -495,6 +497,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     cfg = from_dict(merged, str(path) if path is not None else "the command line", cfg)
     validate(cfg)
     return cfg
+
+
+def _check_containers(layer: Any, default: Any, source: str, prefix: str = "") -> None:
+    """A mapping where the schema has a list (``optim.groups: {a: 1}``) or the reverse cannot merge: name the key."""
+    if not isinstance(layer, dict) or not isinstance(default, dict):
+        return
+    for k, v in layer.items():
+        if k not in default:
+            continue  # unknown keys are reported elsewhere, with a suggestion
+        want = default[k]
+        key = f"{prefix}{k}"
+        if isinstance(want, list) and isinstance(v, dict) or isinstance(want, dict) and isinstance(v, list):
+            kind = "a list" if isinstance(want, list) else "a mapping"
+            raise FparError(f"config key '{key}' in {source} must be {kind}, got {v!r}")
+        _check_containers(v, want, source, f"{key}.")
 
 
 def _check_keys(d: dict[str, Any], source: str) -> None:
@@ -615,6 +632,17 @@ def validate(cfg: ExperimentConfig) -> None:
     for g in cfg.optim.groups:
         if not isinstance(g, dict) or not isinstance(g.get("lr"), (int, float)) or "pattern" not in g:
             raise FparError(f"each optim.groups entry is {{pattern: REGEX, lr: NUMBER}}, got {g!r}")
+        if isinstance(g["lr"], bool) or not (math.isfinite(g["lr"]) and g["lr"] >= 0):
+            raise FparError(f"optim.groups entry {g!r}: its lr must be a finite number, at least 0")
+    # the schedule multiplies the rate: a negative or infinite factor would train with such a rate
+    if not (math.isfinite(cfg.sched.gamma) and cfg.sched.gamma >= 0):
+        raise FparError(f"config key 'sched.gamma' must be a finite number, at least 0, got {cfg.sched.gamma}")
+    if cfg.sched.step_size < 1:
+        raise FparError(f"config key 'sched.step_size' must be at least 1, got {cfg.sched.step_size}")
+    if any(m < 1 for m in cfg.sched.milestones) or sorted(set(cfg.sched.milestones)) != list(cfg.sched.milestones):
+        raise FparError(
+            f"config key 'sched.milestones' must be increasing epochs of at least 1, got {cfg.sched.milestones}"
+        )
     if not 0 <= cfg.optim.momentum < 1:
         raise FparError(f"config key 'optim.momentum' must be in [0, 1), got {cfg.optim.momentum}")
     if not 0 < cfg.data.val_fraction < 1:

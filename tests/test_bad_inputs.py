@@ -710,7 +710,133 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         2,
         "config.yaml is empty",
     ),  # noqa: E501
+    (
+        "init.from another backbone",
+        lambda w: ["train", T, f"init.from={w.run}", "model.backbone=resnet34", f"out={w.tmp / 'o_bb'}"],
+        2,
+        "is a run with model.backbone=resnet18; this run has resnet34",
+    ),
+    ("negative sched.gamma", lambda w: ["train", T, "sched.gamma=-1"], 2, "'sched.gamma' must be a finite number"),
+    ("negative milestone", lambda w: ["train", T, "sched.milestones=[-5]"], 2, "must be increasing epochs"),
+    (
+        "infinite group lr",
+        lambda w: ["train", T, "optim.groups=[{pattern: lstm, lr: .inf}]"],
+        2,
+        "its lr must be a finite number",
+    ),
+    (
+        "optim.groups as a mapping in a file",
+        lambda w: ["config", str(w.file("groups_map.yaml", "optim:\n  groups: {a: 1}\n"))],
+        2,
+        "config key 'optim.groups' in",
+    ),
+    (
+        "seed in a grid",
+        lambda w: ["sweep", _grid(w, "seedgrid", grid="{seed: [0, 1]}"), "--out", str(w.tmp / "sw_seed")],
+        2,
+        "seed is set per trial by seeds:",
+    ),
+    (
+        "checkpoint with another model's weights",
+        lambda w: ["eval", str(w.file("mixed.pt", _mixed_checkpoint(w)))],
+        2,
+        "holds weights of other shapes than its own config builds",
+    ),
+    (
+        "checkpoint fields of the wrong type",
+        lambda w: ["eval", str(w.file("strings.pt", _pickled({"model": "x", "config": "y"})))],
+        2,
+        "its model or config is not a mapping",
+    ),
+    (
+        "cam --compare with a flow run",
+        lambda w: ["cam", str(w.run), "S2/take_cup/1", "--out", str(w.tmp / "cmp.png"), "--compare", str(w.flow_run)],
+        2,
+        "compare with a run of an RGB model",
+    ),
+    (
+        "negative synth seed",
+        lambda w: ["data", "synth", str(w.tmp / "neg_seed"), "--preset=tiny", "--seed", "-1"],
+        2,
+        "--seed -1: give a seed of at least 0",
+    ),
+    (
+        "pretrain input size 0",
+        lambda w: ["pretrain", T, str(w.tmp / "p0.pt"), "--input-size", "0"],
+        2,
+        "give sizes with 32 <= input size <= scale size",
+    ),
+    (
+        "resume with tb a file",
+        lambda w: [
+            "train",
+            "--resume",
+            str(_copy_run(w, "tb_file", _tb_file)),
+            "train.epochs=2",
+        ],
+        2,
+        "is a file where the run keeps its TensorBoard folder",
+    ),
+    (
+        "predict with a huge --short-side",
+        lambda w: ["predict", str(w.run), str(REAL_VIDEO), "--short-side", "100000"],
+        2,
+        "at most 4320",
+    ),
+    (
+        "weights that diverge",
+        lambda w: ["train", T, "optim.lr=1e30", "train.epochs=2", "train.max_batches=1"],
+        2,
+        "the weights diverged; lower optim.lr",
+    ),
+    (
+        "train into a folder of someone else's files",
+        lambda w: ["train", T, f"out={_foreign_folder(w)}"],
+        2,
+        "holds metrics.jsonl, provenance.json but no config.yaml of a run",
+    ),
 ]
+
+
+def _pickled(obj) -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _mixed_checkpoint(w: World) -> bytes:
+    """The RGB run's best.pt holding the flow run's weights (same names, other shapes: conv1 reads 4 channels)."""
+    import torch
+
+    ckpt = torch.load(w.run / "best.pt", weights_only=True)
+    ckpt["model"] = {
+        **ckpt["model"],
+        **{
+            k: v
+            for k, v in torch.load(w.flow_run / "best.pt", weights_only=True)["model"].items()
+            if k in ckpt["model"]
+        },
+    }
+    return _pickled(ckpt)
+
+
+def _tb_file(d: Path) -> None:
+    (d / "summary.json").unlink()
+    shutil.rmtree(d / "tb")
+    (d / "tb").write_text("not a folder\n")
+
+
+def _foreign_folder(w: World) -> Path:
+    """A folder (under runs/, so the test checks it is left as it was) holding files a run would write."""
+    d = w.tmp / "runs" / "someone_elses"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "provenance.json"):
+        (d / name).write_text("precious\n")
+    return d
 
 
 def _mine(w: World, name: str) -> str:
@@ -718,9 +844,9 @@ def _mine(w: World, name: str) -> str:
     return str(w.file(f"mine/{name}", "precious\n"))
 
 
-def _grid(w: World, name: str, extra: str = "") -> str:
+def _grid(w: World, name: str, extra: str = "", grid: str = "{optim.lr: [0.1]}") -> str:
     """A one-point grid file on the tiny data (no trial runs: --max-trials 0)."""
-    text = f"name: {name}\nbase: {_RECIPE}\noverrides: [data.root={w.tiny}]\ngrid: {{optim.lr: [0.1]}}\n{extra}"
+    text = f"name: {name}\nbase: {_RECIPE}\noverrides: [data.root={w.tiny}]\ngrid: {grid}\n{extra}"
     return str(w.file(f"grids/{name}.yaml", text))
 
 
@@ -781,3 +907,24 @@ def test_bad_input(case, world, capsys):
         assert all(not Path(p["path"]).is_absolute() for p in report["problems"])
     after = {**_snapshot(world.tmp / "runs"), **_snapshot(world.tiny)}
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed was changed
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_fpar_threads_is_one_line(value, world, monkeypatch, capsys):
+    monkeypatch.setenv("FPAR_THREADS", value)
+    assert main(["eval", str(world.run)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: FPAR_THREADS={value!r} must be a whole number of threads, at least 1 (or unset)\n"
+
+
+def test_a_damaged_confusion_matrix_costs_its_figure_not_the_report(world, tmp_path, capsys, caplog):
+    """A confusion.csv cut short or edited: the report says which file it skipped and writes everything else."""
+    for name, damage in (("edited", lambda s: s.replace(",0", ",x", 1)), ("cut", lambda s: s[: len(s) // 2])):
+        run = _copy_run(world, f"confusion_{name}", lambda d: None)
+        (run / "confusion.csv").write_text(damage((world.run / "confusion.csv").read_text()))
+        out = tmp_path / name
+        caplog.clear()
+        assert main(["report", str(run), "--out", str(out)]) == 0
+        assert f"skipped a confusion figure: {run / 'confusion.csv'}" in caplog.text
+        assert (out / "index.html").is_file() and (out / "table.md").is_file()
+        assert any(out.glob("figures/*_curves.png")) and not any(out.glob("figures/*_confusion.png"))

@@ -299,9 +299,37 @@ def test_prepare_folder_layout_and_resume(videos_dir, tmp_path):
     third = prepare(videos_dir, out, short_side=48, flow_method="dis", progress=False)
     assert third["processed"] == ["S1/take/1"] and third["skipped"] == ["S2/open/7"]
     assert (inst / "rgb" / "rgb0005.png").exists()
-    fourth = prepare(videos_dir, out, short_side=36, flow_method="dis", progress=False)
+    # other settings replace earlier work only when asked to (--redo): a mistyped option loses nothing
+    before = snapshot(out)
+    with pytest.raises(
+        FparError,
+        match=r"2 video\(s\) prepared with other settings \(e.g. S1/take/1: short_side "
+        r"48 -> 36\); nothing was changed: pass --redo",
+    ):
+        prepare(videos_dir, out, short_side=36, flow_method="dis", progress=False)
+    assert snapshot(out) == before
+    fourth = prepare(videos_dir, out, short_side=36, flow_method="dis", progress=False, redo=True)
     assert fourth["processed"] == ["S1/take/1", "S2/open/7"]
     assert Image.open(inst / "rgb" / "rgb0001.png").size == (48, 36)
+
+
+def test_prepare_never_replaces_a_video_it_did_not_write(videos_dir, tmp_path):
+    """An instance already in OUT that prepare has no record of (a dataset written otherwise) is refused, untouched;
+    so is OUT = the videos folder."""
+    out = tmp_path / "data"
+    inst = out / "processed_frames2" / "S1" / "take" / "1" / "rgb"
+    inst.mkdir(parents=True)
+    (inst / "rgb0001.png").write_bytes(b"someone else's frame")
+    before = snapshot(out)
+    with pytest.raises(
+        FparError,
+        match=r"already holds 1 video\(s\) that fpar prepare did not write there \(e.g. "
+        r"S1/take/1",
+    ):
+        prepare(videos_dir, out, short_side=48, flow_method="dis", progress=False, redo=True)
+    assert snapshot(out) == before
+    with pytest.raises(FparError, match="is the VIDEOS folder itself"):
+        prepare(videos_dir, videos_dir, short_side=48, flow_method="dis", progress=False)
 
 
 def test_prepare_csv_with_start_end(videos_dir, tmp_path):

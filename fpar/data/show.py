@@ -61,6 +61,8 @@ def show_video(
     v = manifest.videos[index]
     if frames < 1:
         raise FparError(f"--frames {frames}: show at least 1 frame")
+    if seed < 0:
+        raise FparError(f"--seed {seed}: give a seed of at least 0")
     if cfg is not None and not 1 <= cfg.input_size <= cfg.scale_size:
         raise FparError(
             f"--input-size {cfg.input_size}, --scale-size {cfg.scale_size}: give sizes with 1 <= --input-size <= "

@@ -532,6 +532,8 @@ def synthesize(out: str | Path, *, preset: str = "demo", seed: int = 0, overwrit
     """
     if preset not in PRESETS:
         raise FparError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    if seed < 0:
+        raise FparError(f"--seed {seed}: give a seed of at least 0")
     cfg = PRESETS[preset]
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -117,6 +117,10 @@ def load_checkpoint(path: str | os.PathLike, which: str = "best") -> dict[str, A
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise FparError(f"{f} is not an fpar checkpoint (no model/config); weights-only files go to model.pretrained")
+    if not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict):
+        raise FparError(f"{f} is not an fpar checkpoint (its model or config is not a mapping); it is damaged")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise FparError(f"{f} is not an fpar checkpoint (its model holds entries that are not named tensors)")
     ckpt["path"] = str(f)
     return ckpt
 

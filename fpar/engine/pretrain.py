@@ -122,6 +122,12 @@ def pretrain_backbone(
         raise FparError(f"epochs={epochs}, batch_size={batch_size}: give at least 1 of each")
     if not (math.isfinite(lr) and lr > 0):
         raise FparError(f"lr={lr}: give a finite learning rate above 0 (e.g. 1e-3)")
+    if not 32 <= input_size <= scale_size:  # the trunk's five stride-2 stages need 32 px
+        raise FparError(
+            f"input_size={input_size}, scale_size={scale_size}: give sizes with 32 <= input size <= scale size"
+        )
+    if seed < 0:
+        raise FparError(f"seed={seed}: give a seed of at least 0")
     seed_everything(seed)
     data = data if data is not None else DataConfig(root=str(root))
     manifest = read_dataset(data)

@@ -172,6 +172,14 @@ def model_from_checkpoint(
             streams[name], _ = build_model(scfg, vocab)
     cfg.model.pretrained = "none"
     model, _ = build_model(cfg, vocab, streams=streams)
+    own = model.state_dict()
+    bad = [k for k, v in ckpt["model"].items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise FparError(
+            f"{ckpt.get('path')} holds weights of other shapes than its own config builds ({bad[0]}: "
+            f"{tuple(ckpt['model'][bad[0]].shape)}, not {tuple(own[bad[0]].shape)}); it is damaged or was assembled "
+            "from another run"
+        )
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or [k for k in missing if not k.startswith(spec.optional_weights)]:
         raise FparError(
@@ -188,6 +196,11 @@ def init_from(model: nn.Module, cfg: ExperimentConfig, vocab: Vocabulary) -> dic
     if src.cfg.model.name != cfg.model.name:
         raise FparError(
             f"init.from={cfg.init.from_} is a run of model '{src.cfg.model.name}'; this run trains {cfg.model.name}"
+        )
+    if src.cfg.model.backbone != cfg.model.backbone:  # a deeper trunk would load the shallower one's first blocks
+        raise FparError(
+            f"init.from={cfg.init.from_} is a run with model.backbone={src.cfg.model.backbone}; this run has "
+            f"{cfg.model.backbone}: use a run of the same backbone, or set model.backbone={src.cfg.model.backbone}"
         )
     ckpt = src.ckpt
     own = model.state_dict()

@@ -491,6 +491,8 @@ def prepare(cfg: ExperimentConfig):
 
 # A folder with these holds a run's results (config.yaml alone, or the best.pt of an epoch 1 that never ended: none)
 RESULT_FILES = ("best.pt", "summary.json")
+# What else a run writes (after its config.yaml, which it writes first)
+RUN_FILES = ("metrics.jsonl", "provenance.json", "confusion.csv", "tb")
 
 
 def train(
@@ -560,6 +562,12 @@ def _epoch_of(path: Path) -> int | None:
 
 def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log) -> dict:
     as_given = dump(cfg)  # before build_model resolves its automatic values (model.backbone_classes=0)
+    for name in ("config.yaml", *RESULT_FILES, "last.pt", *RUN_FILES):  # before anything is read or written
+        path = run / name
+        if name == "tb" and path.exists() and not path.is_dir():
+            raise FparError(f"{path} is a file where the run keeps its TensorBoard folder; move it away and run again")
+        if name != "tb" and path.is_dir():
+            raise FparError(f"{path} is a folder where the run writes a file; move it away and run again")
     last = None
     if resume:
         last = load_checkpoint(run, "last")
@@ -585,6 +593,13 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             raise FparError(
                 f"{run} already holds results of a run ({', '.join(held)}); nothing was changed: set out=NEW_FOLDER"
             )
+        if not (run / "config.yaml").is_file():  # a run writes its config.yaml first: these are someone else's
+            foreign = [n for n in RUN_FILES if (run / n).exists()]
+            if foreign:
+                raise FparError(
+                    f"{run} holds {', '.join(foreign)} but no config.yaml of a run: a run there would write over "
+                    "them; nothing was changed: set out=NEW_FOLDER"
+                )
     d = distributed.current()
     main = d.main  # the only process that writes the run folder
     removed = remove_leftover_temps(run) if main else []  # we are the only writer: files of killed writes can go
@@ -745,6 +760,11 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 ev = evaluate(model, select_loader, cfg, device, vocab, progress=progress, cache=eval_prefix)
                 conf = ev.pop("confusion")
+                if not math.isfinite(ev.get("loss", 0.0)):  # the same on every rank: the scores are gathered
+                    raise FparError(
+                        f"validation loss became {ev['loss']} at epoch {epoch + 1}: the weights diverged; lower "
+                        "optim.lr (the run stops here; last.pt holds the previous epoch)"
+                    )
                 row.update({f"val_{k}": v for k, v in ev.items()})
                 if chosen not in ev:
                     raise FparError(

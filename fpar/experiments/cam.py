@@ -38,6 +38,12 @@ def cam_figure(
         raise FparError(f"{run.path} is a {spec.name} model, which reads no RGB frames: {reason or 'no CAM to show'}")
     if reason is not None and compare is None:
         raise FparError(f"{run.path}: {reason}")
+    if compare is not None and tuple(compare.spec.inputs(compare.cfg, False)) != ("rgb",):
+        reads = "+".join(compare.spec.inputs(compare.cfg, False))
+        raise FparError(
+            f"--compare {compare.path} is a {compare.spec.name} model, which reads {reads}: the comparison runs "
+            "on this clip's RGB frames alone; compare with a run of an RGB model"
+        )
     manifest = run.manifest(data_root)
     idx = find_video(manifest, video)
     ds = run.dataset(manifest, [idx], with_train_inputs=True)

@@ -381,14 +381,21 @@ def point_summary(
 
 def read_confusion(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """``confusion.csv`` as written by the trainer: (class names, (C, C) counts, rows = true class)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise FparError(f"cannot read {path} ({e}); delete it or `fpar eval` the run again") from None
     if len(rows) < 2:
         raise FparError(f"{path} holds no confusion matrix")
     classes = rows[0][1:]
-    m = np.array([[int(x) for x in r[1:]] for r in rows[1:]], dtype=np.int64)
-    if m.shape != (len(classes), len(classes)):
-        raise FparError(f"{path} is not a square confusion matrix")
+    counts = [r[1:] for r in rows[1:]]
+    if any(len(r) != len(classes) for r in counts) or len(counts) != len(classes):
+        raise FparError(f"{path} is not a square confusion matrix (cut short or edited?)")
+    try:
+        m = np.array([[int(x) for x in r] for r in counts], dtype=np.int64)
+    except ValueError:
+        raise FparError(f"{path} holds a count that is not a whole number (damaged or edited)") from None
     return classes, m
 
 

@@ -282,7 +282,14 @@ def _overrides(raw: Any, where: str) -> list[tuple[str, Any]]:
         raise FparError(f"{where}: overrides must be a list of key=value strings or a mapping")
     for k, _ in items:
         _check_key(k, where)
+        _not_seed(k, f"{where} (overrides)")
     return items
+
+
+def _not_seed(key: str, where: str) -> None:
+    """A trial's seed comes from ``seeds:`` and would replace a ``seed`` set anywhere else (every trial seed 0)."""
+    if key == "seed":
+        raise FparError(f"{where}: seed is set per trial by seeds: (e.g. seeds: [0, 1, 2]); remove it from here")
 
 
 def _seeds(raw: Any, where: str) -> list[int] | None:
@@ -333,6 +340,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
     grid = _flatten(grid)
     for k, vals in grid.items():
         _check_key(k, where)
+        _not_seed(k, f"{where} (grid)")
         if not isinstance(vals, list) or not vals:
             raise FparError(f"{where}: grid values of '{k}' must be a non-empty list, e.g. {k}: [a, b]")
         default = get(ExperimentConfig(), k) if k not in ("seed", "name") else None
@@ -346,6 +354,7 @@ def _stage(raw: dict[str, Any], path: Path, default_name: str) -> Stage:
         for k in p:
             if k not in RESERVED:
                 _check_key(k, f"{where}, point {i + 1}")
+                _not_seed(k, f"{where}, point {i + 1}")
     published = _published(raw.get("published"), where)
     report = raw.get("report", True)
     if not isinstance(report, bool):

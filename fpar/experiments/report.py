@@ -709,7 +709,11 @@ def make_report(
                 if p:
                     run_figs.append((f"{cap}: motion-segmentation loss", p))
                 if (run.path / "confusion.csv").is_file():
-                    p = figures.confusion_figure(run.path / "confusion.csv", fig_dir / f"{name}_confusion.png", cap)
+                    try:
+                        p = figures.confusion_figure(run.path / "confusion.csv", fig_dir / f"{name}_confusion.png", cap)
+                    except FparError as e:  # one damaged file costs its figure, not the whole report
+                        logger.warning("skipped a confusion figure: %s", e)
+                        p = None
                     if p:
                         run_figs.append((f"{cap}: confusion matrix of the best epoch", p))
         files += [p for _, p in figs + run_figs]

@@ -34,6 +34,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The largest shorter side fpar resizes frames to (an 8K frame's): a typo of 100000 would allocate tens of GB
+MAX_SHORT_SIDE = 4320
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (
     ".mp4",

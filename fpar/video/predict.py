@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from fpar.errors import FparError
+from fpar.video.io import MAX_SHORT_SIDE
 
 __all__ = ["predict_video", "load_clip", "clip_inputs", "FlowCache", "BUFFER_BYTES"]
 
@@ -263,8 +264,10 @@ def load_clip(
     if (flow or flow_seq) and flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
     short_side = int(short_side or cfg.data.scale_size)
-    if short_side <= 0:
-        raise FparError(f"short_side={short_side} must be a positive number of pixels")
+    if not 0 < short_side <= MAX_SHORT_SIDE:
+        raise FparError(
+            f"short_side={short_side} must be a positive number of pixels, at most {MAX_SHORT_SIDE} (an 8K frame's)"
+        )
     path = Path(video)
     if not path.exists():
         raise FparError(f"video file or frame folder not found: {path}; give a video file or a folder of frames")

@@ -47,7 +47,7 @@ import numpy as np
 from fpar.data.readers.gtea61 import GTEA61Config
 from fpar.errors import FparError
 from fpar.utils import atomic_write_json, pid_alive, read_utf8, refuse_file
-from fpar.video.io import VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
+from fpar.video.io import MAX_SHORT_SIDE, VIDEO_EXTENSIONS, iter_frame_folder, iter_video, list_frame_files
 
 __all__ = ["prepare", "discover", "Job", "MANIFEST_NAME", "LOCK_NAME", "TMP_NAME", "MMAP_THRESH"]
 
@@ -260,6 +260,22 @@ def _outputs_complete(root: Path, frames_dir: str, key: str, n: int) -> bool:
         and _count(root / FLOW_X_DIR / key, "flow_x_") == n - 1
         and _count(root / FLOW_Y_DIR / key, "flow_y_") == n - 1
     )
+
+
+def _targets(layout: str, frames_dir: str, key: str) -> list[str]:
+    """The folders (relative to ``out``) a video's preparation writes."""
+    if layout == "gtea61":
+        return [f"{frames_dir}/{key}", f"{FLOW_X_DIR}/{key}", f"{FLOW_Y_DIR}/{key}"]
+    frames_rel, flow_rel = native_targets(layout, key)
+    return [str(r) for r in (frames_rel, flow_rel) if r is not None]
+
+
+def _holds(path: Path) -> bool:
+    """Whether ``path`` is a file, or a folder with anything in it."""
+    try:
+        return path.is_file() or (path.is_dir() and any(path.iterdir()))
+    except OSError:
+        return True  # unreadable: not ours to replace
 
 
 def _load_manifest(path: Path) -> dict[str, Any]:
@@ -630,6 +646,7 @@ def prepare(
     layout: str = "gtea61",
     flow_batch: int | None = None,
     flow_device: str | None = None,
+    redo: bool = False,
 ) -> dict[str, Any]:
     """Decode videos, resize frames, compute warp flows and motion maps, and write the course layout under ``out``.
 
@@ -654,6 +671,10 @@ def prepare(
             ``out/<participant>/flow_frames/<video>/{u,v}/``: point ``data.epic100.flow_root`` at ``out``).
         flow_batch: frame pairs whose flows are computed together (tvl1-torch: one batch; default 8, or 32 on CUDA).
         flow_device: where tvl1-torch runs (``"cuda"``, ``"cpu"``; default CUDA when present).
+        redo: prepare again the videos ``out`` holds from other settings (another flow method, size or frame rate),
+            replacing them; without it such a call is refused (a slow TV-L1 preparation is not lost to a mistyped
+            option). A video whose source changed is always prepared again, and one that fpar did not write (not in
+            ``out/.fpar-prepare.json``) is never replaced: the call is refused.
 
     Returns:
         ``{"root", "videos", "processed": [keys], "skipped": [keys], "failed": [{"key", "source", "error"}],
@@ -662,15 +683,19 @@ def prepare(
         flow itself, summed over videos (over workers).
 
     Raises:
-        FparError: bad inputs (missing folder / CSV, bad CSV, bad names, unknown flow method) or another prepare
-        holding ``out``. A video that fails to decode or process is reported in ``failed`` instead.
+        FparError: bad inputs (missing folder / CSV, bad CSV, bad names, unknown flow method), another prepare
+        holding ``out``, ``out`` holding videos fpar did not write, or (without ``redo``) videos of other settings.
+        A video that fails to decode or process is reported in ``failed`` instead.
     """
     from fpar.video.flow import FLOW_METHODS
 
     if flow_method not in FLOW_METHODS:
         raise FparError(f"unknown flow method {flow_method!r}; choose one of {', '.join(FLOW_METHODS)}")
-    if short_side is not None and int(short_side) <= 0:
-        raise FparError(f"short_side={short_side} must be a positive number of pixels (or None to keep the size)")
+    if short_side is not None and not 0 < int(short_side) <= MAX_SHORT_SIDE:
+        raise FparError(
+            f"short_side={short_side} must be a positive number of pixels, at most {MAX_SHORT_SIDE} (an 8K "
+            "frame's), or None to keep the size"
+        )
     if fps is not None and not fps > 0:
         raise FparError(f"fps={fps} must be positive (or None to keep the native frame rate)")
     if int(workers) < 1:
@@ -709,6 +734,8 @@ def prepare(
             log.warning("prepare: %s", note)
     root = Path(out)
     refuse_file(root, "OUT", "the prepared dataset")
+    if layout == "gtea61" and videos is not None and Path(videos).is_dir() and root.resolve() == Path(videos).resolve():
+        raise FparError(f"OUT {out} is the VIDEOS folder itself; give another folder for the prepared dataset")
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
     if layout == "egtea":  # out becomes an EGTEA root: its annotations beside the frames
@@ -759,6 +786,8 @@ def prepare(
         done: dict[str, Any] = manifest["videos"]
 
         todo: list[tuple[Job, dict[str, Any]]] = []
+        foreign: list[str] = []  # outputs there that no prepare recorded
+        changed: list[tuple[str, dict[str, Any]]] = []  # prepared with other settings
         for job in jobs:
             record = {
                 "source": job.source,
@@ -779,9 +808,26 @@ def prepare(
             ):
                 summary["skipped"].append(job.key)
             else:
-                if old is not None:
+                if old is None and any(_holds(root / rel) for rel in _targets(layout, frames_dir, job.key)):
+                    foreign.append(job.key)
+                elif old is not None and old.get("settings") != settings and not redo:
+                    changed.append((job.key, old.get("settings") or {}))
+                elif old is not None:
                     log.info("%s changed (source, range, settings or files): preparing it again", job.key)
                 todo.append((job, record))
+        if foreign:  # before anything is written
+            raise FparError(
+                f"{root} already holds {len(foreign)} video(s) that fpar prepare did not write there (e.g. "
+                f"{foreign[0]}; it has no record of them in {MANIFEST_NAME}): preparing them would replace those "
+                "files; give another OUT, or move them away"
+            )
+        if changed:
+            key, was = changed[0]
+            diff = ", ".join(f"{k} {was.get(k)} -> {v}" for k, v in settings.items() if was.get(k) != v)
+            raise FparError(
+                f"{root} holds {len(changed)} video(s) prepared with other settings (e.g. {key}: {diff}); nothing "
+                "was changed: pass --redo to prepare them again (replacing them), or give another OUT"
+            )
         log.info(
             "prepare: %d video(s), %d already done, %d to do -> %s", len(jobs), len(summary["skipped"]), len(todo), root
         )

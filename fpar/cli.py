@@ -105,6 +105,9 @@ def data_check(
             set_value(cfg, key, [s.strip() for s in value.split(",")], "the command line")
     if frames_dir is not None:
         set_value(cfg, "data.frames_dir", frames_dir, "the command line")
+    for option, value in (("--frames", frames), ("--flow-stack", flow_stack)):
+        if value < 1:
+            raise FparError(f"{option} {value}: give at least 1 (training refuses fewer)")
     validate(cfg)
     r = check_dataset(cfg.data, frames=frames, flow_stack=flow_stack, decode=not no_decode)
     typer.echo(json.dumps(r, indent=2) if json_out else format_report(r))
@@ -146,7 +149,9 @@ def data_synth(
     out: str = typer.Argument(..., help="output folder"),
     preset: str = typer.Option("demo", "--preset", help="tiny | demo | full"),
     seed: int = typer.Option(0, "--seed"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace OUT and everything in it (only a dataset fpar data synth wrote)"
+    ),
 ):
     """Write a synthetic egocentric dataset in the GTEA61 layout."""
     from tqdm import tqdm
@@ -177,6 +182,8 @@ def data_show(
     manifest = read_dataset(DataConfig(root=root))
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
+    if Path(out).suffix.lower() != ".png":
+        raise FparError(f"--out {out}: the picture is a PNG image; give a path ending in .png")
     refuse_existing(out, "--out")
     p = show_video(
         manifest,
@@ -220,7 +227,7 @@ def train(
     nproc: int = typer.Option(1, "--nproc", help="processes on this machine (DDP; as torchrun --nproc-per-node)"),
 ):
     """Train one stage: `fpar train CONFIG key=value ...` or `fpar train --resume RUN_DIR`."""
-    from .config import load_config
+    from .config import load_config, to_dict
     from .engine import distributed
     from .engine.trainer import train as run_train
 
@@ -255,6 +262,13 @@ def train(
             "data.frame_cache",
         )
         bad = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in allowed]
+        if bad:  # an override that sets the value the run has changes nothing: it may stay
+            saved = to_dict(load_config(run / "config.yaml", _resume_defaults(run / "config.yaml")))
+            bad = [
+                o
+                for o in bad
+                if to_dict(load_config(run / "config.yaml", [*_resume_defaults(run / "config.yaml"), o])) != saved
+            ]
         if bad:
             raise FparError(
                 f"--resume continues a run exactly as configured; {bad[0]!r} would change it (allowed: "
@@ -422,6 +436,8 @@ def cam(
     from .experiments.cam import cam_figure
 
     out = out or f"cam_{video.strip('/').replace('/', '_').replace(',', '-')}.png"
+    if Path(out).suffix.lower() != ".png":
+        raise FparError(f"--out {out}: the CAM sheet is a PNG image; give a path ending in .png")
     refuse_existing(out, "--out")
     other = open_run(compare) if compare else None
     typer.echo(f"wrote {cam_figure(open_run(run), video, out, data_root=data, compare=other)}")
@@ -718,9 +734,12 @@ def _seed_list(seeds: str | None) -> list[int] | None:
     if not seeds:
         return None
     try:
-        return [int(s) for s in seeds.split(",") if s.strip()]
+        out = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        raise FparError(f"--seeds {seeds!r} is not a comma-separated list of integers, e.g. --seeds 0,1,2") from None
+        out = []
+    if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+        raise FparError(f"--seeds {seeds!r}: give distinct seeds of at least 0, comma-separated, e.g. --seeds 0,1,2")
+    return out
 
 
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -746,6 +765,8 @@ def sweep_cmd(
     process dies is resumed from its last.pt by another."""
     from .experiments.sweep import format_status, run_sweep, sweep_dir_for, sweep_status
 
+    if not stale_after > 0:
+        raise FparError(f"--stale-after {stale_after}: give a positive number of seconds (default 900)")
     if status:
         p = Path(grid)
         if not p.is_dir():

@@ -402,6 +402,8 @@ def _coerce(value: Any, t: Any, key: str, source: str) -> Any:
     if t is str:
         if isinstance(value, (dict, list)):
             raise FparError(f"config key '{key}' in {source} expects a string, got {value!r}")
+        if value is None:  # YAML's ~ / null: "None" would pass as a folder or a name
+            raise FparError(f"config key '{key}' in {source} expects a string and has no value (null); give one")
         return str(value)
     return value
 
@@ -524,6 +526,8 @@ def _check_keys(d: dict[str, Any], source: str) -> None:
 
 def read_yaml_mapping(path: Path, what: str = "config file", example: str = "configs/ego_rnn_stage1.yaml") -> dict:
     """A YAML file that must hold a mapping, with one-line errors for a missing file, bad syntax or another type."""
+    if path.is_dir():
+        raise FparError(f"{what} {path} is a folder; give a YAML file such as {example}{_run_hint(path)}")
     if not path.is_file():
         raise FparError(f"{what} {path} not found; give a YAML file such as {example}")
     try:
@@ -537,6 +541,13 @@ def read_yaml_mapping(path: Path, what: str = "config file", example: str = "con
     if not isinstance(data, dict):
         raise FparError(f"{what} {path} must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _run_hint(path: Path) -> str:
+    """For a run folder given where a config goes: what was probably meant."""
+    if (path / "config.yaml").is_file():
+        return f" (a run folder: `fpar train --resume {path}` continues it, {path / 'config.yaml'} is its config)"
+    return ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -555,6 +566,10 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     """``extends: other.yaml`` (relative to the file) lets a recipe build on another one."""
     if path in seen:
         raise FparError(f"config file {path} extends itself in a cycle")
+    if path.is_dir():
+        raise FparError(
+            f"config file {path} is a folder; give a YAML file such as configs/ego_rnn_stage1.yaml{_run_hint(path)}"
+        )
     if not path.is_file():
         raise FparError(f"config file {path} not found; give a YAML file such as configs/ego_rnn_stage1.yaml")
     try:
@@ -593,6 +608,8 @@ def validate(cfg: ExperimentConfig) -> None:
     for key, choices in _CHOICES.items():
         if d[key] not in choices:
             raise FparError(f"config key '{key}' is {d[key]!r}; choose one of {', '.join(choices)}")
+    if not cfg.data.root.strip():
+        raise FparError("data.root is empty; give the dataset's folder, e.g. data.root=data/GTEA61")
     if cfg.data.frames < 1 or cfg.data.flow_stack < 1:
         raise FparError("data.frames and data.flow_stack must be at least 1")
     if cfg.data.input_size < 32:

@@ -148,6 +148,11 @@ class FolderLock:
                     pass
             aside.unlink(missing_ok=True)
         else:
+            if read_lock(self.path) is None:  # still unreadable: not a lock being replaced a moment ago
+                raise FparError(
+                    f"{self.path} is not a lock fpar can read (damaged, or not fpar's); if no fpar process writes "
+                    f"{self.folder}, delete it (it is taken over once {self.grace:.0f} s old, FPAR_LOCK_GRACE)"
+                )
             raise FparError(f"could not take the lock {self.path}; another process is starting there too")
         self._thread = threading.Thread(target=self._beat, name="fpar-lock-heartbeat", daemon=True)
         self._thread.start()

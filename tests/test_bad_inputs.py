@@ -789,6 +789,30 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         2,
         "the weights diverged; lower optim.lr",
     ),
+    ("eval --which of another name", lambda w: ["eval", str(w.run), "--which", "foo"], 2, "--which foo: choose best"),
+    (
+        "resume a run without last.pt",
+        lambda w: ["train", "--resume", str(_copy_run(w, "no_last", lambda d: (d / "last.pt").unlink()))],
+        2,
+        "has no last.pt, so it cannot be resumed",
+    ),
+    ("a run folder given as the config", lambda w: ["config", str(w.run)], 2, "is a folder; give a YAML file"),
+    ("data.root null", lambda w: ["config", str(w.file("null_root.yaml", "data: {root: ~}\n"))], 2, "has no value"),
+    ("data check --frames 0", lambda w: ["data", "check", T, "--frames", "0"], 2, "--frames 0: give at least 1"),
+    (
+        "data check of a frames folder that is not there",
+        lambda w: ["data", "check", T, "--frames-dir", "nope"],
+        2,
+        "data.gtea61.frames_dir=nope:",
+    ),
+    ("sweep --seeds of no seed", lambda w: ["sweep", _grid(w, "noseed"), "--seeds", ","], 2, "give distinct seeds"),
+    ("sweep --stale-after -1", lambda w: ["sweep", _grid(w, "stale"), "--stale-after", "-1"], 2, "positive number"),
+    (
+        "cam --out of another kind",
+        lambda w: ["cam", str(w.run), "S2/take_cup/1", "--out", str(w.tmp / "c.txt")],
+        2,
+        "give a path ending in .png",
+    ),
     (
         "train into a folder of someone else's files",
         lambda w: ["train", T, f"out={_foreign_folder(w)}"],
@@ -928,3 +952,11 @@ def test_a_damaged_confusion_matrix_costs_its_figure_not_the_report(world, tmp_p
         assert f"skipped a confusion figure: {run / 'confusion.csv'}" in caplog.text
         assert (out / "index.html").is_file() and (out / "table.md").is_file()
         assert any(out.glob("figures/*_curves.png")) and not any(out.glob("figures/*_confusion.png"))
+
+
+def test_resume_takes_an_override_that_changes_nothing(world, capsys):
+    """--resume refuses overrides that would change the run, not those that repeat its own values."""
+    assert main(["train", "--resume", str(world.run), "train.max_batches=1"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert main(["train", "--resume", str(world.run), "train.max_batches=2"]) == 2
+    assert "'train.max_batches=2' would change it" in capsys.readouterr().err

@@ -637,6 +637,16 @@ def test_cli_train_and_eval_epic(epic, tmp_path, capsys):
     before_sub = out.read_bytes()
     assert main(["predict", str(run), "--epic-test", str(csv_path), "--out", str(out), "--sls", "1,3,3"]) == 2
     assert out.read_bytes() == before_sub  # an existing submission is never overwritten
+    # a narration id given twice would lose one of its scores: refused, naming both lines
+    lines = csv_path.read_text().splitlines(keepends=True)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("".join([*lines, lines[1]]))
+    capsys.readouterr()
+    assert (
+        main(["predict", str(run), "--epic-test", str(twice), "--out", str(tmp_path / "t.json"), "--sls", "1,3,3"]) == 2
+    )
+    nid = lines[1].split(",")[0]
+    assert f"narration id {nid} is on line 2 and again on line {len(lines) + 1}" in capsys.readouterr().err
 
 
 def test_cli_train_egtea_split_2(egtea, tmp_path, capsys):

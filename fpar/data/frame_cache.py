@@ -161,7 +161,9 @@ def build_frame_cache(
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise FparError(f"cannot create the frame cache folder {root} ({e.strerror})") from None
+        raise FparError(
+            f"cannot create the frame cache folder {root} ({e.strerror}); give a writable one with --out DIR"
+        ) from None
     sweep_stale_temporaries(root, ".*.npy")  # what a killed build left (entries are renamed into place whole)
     index_path = root / "index.json"
     entries: dict[str, dict] = {}

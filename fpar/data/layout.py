@@ -138,6 +138,11 @@ def detect_layout(root: Path, frames_dir: str = "processed_frames2") -> tuple[st
         )
     if not root.is_dir():
         raise FparError(f"dataset root {root} is not a folder")
+    if frames_dir not in ("processed_frames2", "processed_frames") and not (root / frames_dir).is_dir():
+        raise FparError(  # named on purpose: falling back to the usual folder would read other frames silently
+            f"data.gtea61.frames_dir={frames_dir}: {root / frames_dir} is not a folder; fix the key, or leave it "
+            "unset for processed_frames2/ (or processed_frames/)"
+        )
     for name in (frames_dir, "processed_frames2", "processed_frames"):
         if (root / name).is_dir():
             return "gtea61", name

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     """A run folder gives its ``best.pt`` (or ``last.pt``); a file is taken as is."""
     p = Path(path)
+    if which not in ("best", "last"):
+        raise FparError(f"--which {which}: choose best (the selected epoch) or last")
     if p.is_dir():
         f = p / f"{which}.pt"
         if not f.is_file() and which == "last" and (p / "config.yaml").is_file() and not (p / "best.pt").is_file():

@@ -570,6 +570,11 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
             raise FparError(f"{path} is a folder where the run writes a file; move it away and run again")
     last = None
     if resume:
+        if not (run / "last.pt").is_file() and (run / "best.pt").is_file():
+            raise FparError(
+                f"{run} has no last.pt, so it cannot be resumed (its best.pt holds weights, not the optimiser state "
+                f"and the rest of the schedule); start a new run from those weights with init.from={run}"
+            )
         last = load_checkpoint(run, "last")
         done = int(last["epoch"])
         if last.get("finished") and cfg.train.epochs <= done and (run / "summary.json").is_file():

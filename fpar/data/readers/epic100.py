@@ -407,7 +407,14 @@ def read_test_segments(csv_path: str | Path, root: str | Path, block: Epic100Con
     problems: list[Problem] = []
     videos: dict[str, _Video] = {}
     out = []
+    seen: dict[str, int] = {}
     for line, row in read_rows(path, TEST_COLUMNS, problems, path.parent):
+        nid = row.get("narration_id", "").strip()
+        if nid in seen:  # a submission holds one score per narration id: the second row would be dropped
+            raise FparError(
+                f"{path}: narration id {nid} is on line {seen[nid]} and again on line {line}; give each segment once"
+            )
+        seen[nid] = line
         rec = _segment(line, row, path.name, "test", videos, root, block, problems)
         if rec is not None:
             out.append(rec)

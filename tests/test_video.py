@@ -313,6 +313,31 @@ def test_prepare_folder_layout_and_resume(videos_dir, tmp_path):
     assert Image.open(inst / "rgb" / "rgb0001.png").size == (48, 36)
 
 
+def test_prepare_killed_between_a_video_and_its_record_prepares_it_again(videos_dir, tmp_path, monkeypatch):
+    """Videos are claimed in the manifest before they are written: a kill after a video lands but before it is
+    recorded leaves it prepare's own (prepared again on the rerun), never a stranger's that the rerun refuses."""
+    import fpar.video.prepare as prep
+
+    out = tmp_path / "data"
+    real, calls = prep.atomic_write_json, []
+
+    def dies_at_the_first_record(path, obj):
+        calls.append(path)
+        if len(calls) == 2:  # 1: the claims, 2: the first finished video's record
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(prep, "atomic_write_json", dies_at_the_first_record)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(videos_dir, out, short_side=48, flow_method="dis", progress=False)
+    monkeypatch.setattr(prep, "atomic_write_json", real)
+    claims = json.loads((out / MANIFEST_NAME).read_text())["videos"]
+    assert sorted(claims) == ["S1/take/1", "S2/open/7"] and {c["frames"] for c in claims.values()} == {-1}
+    assert (out / "processed_frames2" / "S1" / "take" / "1" / "rgb").is_dir()  # it landed, unrecorded
+    again = prepare(videos_dir, out, short_side=48, flow_method="dis", progress=False)
+    assert again["processed"] == ["S1/take/1", "S2/open/7"] and again["failed"] == []
+
+
 def test_prepare_never_replaces_a_video_it_did_not_write(videos_dir, tmp_path):
     """An instance already in OUT that prepare has no record of (a dataset written otherwise) is refused, untouched;
     so is OUT = the videos folder."""

@@ -828,6 +828,14 @@ def prepare(
                 f"{root} holds {len(changed)} video(s) prepared with other settings (e.g. {key}: {diff}); nothing "
                 "was changed: pass --redo to prepare them again (replacing them), or give another OUT"
             )
+        # Claimed before they are written: a kill between a video's rename into place and its record leaves it
+        # ours (incomplete, so prepared again next time), not a stranger's. A video that fails is unclaimed.
+        claimed = {job.key for job, _ in todo if job.key not in done}
+        for job, record in todo:
+            if job.key in claimed:
+                done[job.key] = {**record, "frames": -1}
+        if claimed:
+            atomic_write_json(manifest_path, manifest)
         log.info(
             "prepare: %d video(s), %d already done, %d to do -> %s", len(jobs), len(summary["skipped"]), len(todo), root
         )
@@ -846,6 +854,9 @@ def prepare(
                 summary["camera_s"] += result.get("camera_s", 0.0)
                 summary["flow_s"] += result.get("flow_s", 0.0)
             else:
+                if job.key in claimed and not any(_holds(root / r) for r in _targets(layout, frames_dir, job.key)):
+                    done.pop(job.key, None)  # nothing of it is in place: not ours to keep
+                    atomic_write_json(manifest_path, manifest)
                 log.error("failed to prepare %s (%s): %s", job.key, job.source, result["error"])
                 if result.get("traceback"):
                     log.debug("%s", result["traceback"])

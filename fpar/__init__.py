@@ -15,9 +15,8 @@ from .version import __version__
 
 
 def create_model(name: str, **kwargs: Any):
-    """Build a registered model family by keyword arguments, for scripts and notebooks, e.g.
-    ``create_model("ego_rnn", num_classes=61, pretrained="none")`` or ``create_model("lsta", num_classes=61,
-    backbone="resnet18", pretrained="none", mem_size=256)``.
+    """Build a registered model family (``name``: one of `list_models`) by keyword arguments, for scripts and
+    notebooks, e.g. ``create_model(name, num_classes=61, pretrained="none", mem_size=256)`` (README, "Python API").
 
     A family with a keyword constructor (Ego-RNN, flow_resnet, two-stream: its spec's ``factory``) takes that
     constructor's arguments. Any other (LSTA, the LSTA flow stream, plug-ins) is built from its config, as

@@ -172,13 +172,13 @@ def model_from_checkpoint(
             streams[name], _ = build_model(scfg, vocab)
     cfg.model.pretrained = "none"
     model, _ = build_model(cfg, vocab, streams=streams)
-    own = model.state_dict()
-    bad = [k for k, v in ckpt["model"].items() if k in own and own[k].shape != v.shape]
+    bad = _other_shapes(model, ckpt["model"])
     if bad:
+        k = bad[0]
         raise FparError(
-            f"{ckpt.get('path')} holds weights of other shapes than its own config builds ({bad[0]}: "
-            f"{tuple(ckpt['model'][bad[0]].shape)}, not {tuple(own[bad[0]].shape)}); it is damaged or was assembled "
-            "from another run"
+            f"{ckpt.get('path')} holds weights of other shapes than its own config builds ({k}: "
+            f"{tuple(ckpt['model'][k].shape)}, not {tuple(model.state_dict()[k].shape)}); it is damaged or was "
+            "assembled from another run"
         )
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or [k for k in missing if not k.startswith(spec.optional_weights)]:
@@ -187,6 +187,12 @@ def model_from_checkpoint(
             f"{unexpected[:3]}); it was written by another fpar version"
         )
     return model
+
+
+def _other_shapes(model: nn.Module, state: dict[str, Any]) -> list[str]:
+    """The names in ``state`` that ``model`` has with another shape (``load_state_dict`` would raise on them)."""
+    own = model.state_dict()
+    return [k for k, v in state.items() if k in own and own[k].shape != v.shape]
 
 
 def init_from(model: nn.Module, cfg: ExperimentConfig, vocab: Vocabulary) -> dict[str, Any]:
@@ -203,8 +209,7 @@ def init_from(model: nn.Module, cfg: ExperimentConfig, vocab: Vocabulary) -> dic
             f"{cfg.model.backbone}: use a run of the same backbone, or set model.backbone={src.cfg.model.backbone}"
         )
     ckpt = src.ckpt
-    own = model.state_dict()
-    bad = [k for k, v in ckpt["model"].items() if k in own and own[k].shape != v.shape]
+    bad = _other_shapes(model, ckpt["model"])
     if bad:
         raise FparError(
             f"init.from={cfg.init.from_} has other shapes for {bad[:3]} (e.g. another backbone or "

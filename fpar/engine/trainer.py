@@ -491,8 +491,9 @@ def prepare(cfg: ExperimentConfig):
 
 # A folder with these holds a run's results (config.yaml alone, or the best.pt of an epoch 1 that never ended: none)
 RESULT_FILES = ("best.pt", "summary.json")
-# What else a run writes (after its config.yaml, which it writes first)
-RUN_FILES = ("metrics.jsonl", "provenance.json", "confusion.csv", "tb")
+# What else a run writes (after its config.yaml, which it writes first): files, and its TensorBoard folder
+RUN_FILES = ("metrics.jsonl", "provenance.json", "confusion.csv")
+RUN_FOLDERS = ("tb",)
 
 
 def train(
@@ -563,11 +564,13 @@ def _epoch_of(path: Path) -> int | None:
 def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log) -> dict:
     as_given = dump(cfg)  # before build_model resolves its automatic values (model.backbone_classes=0)
     for name in ("config.yaml", *RESULT_FILES, "last.pt", *RUN_FILES):  # before anything is read or written
-        path = run / name
-        if name == "tb" and path.exists() and not path.is_dir():
-            raise FparError(f"{path} is a file where the run keeps its TensorBoard folder; move it away and run again")
-        if name != "tb" and path.is_dir():
-            raise FparError(f"{path} is a folder where the run writes a file; move it away and run again")
+        if (run / name).is_dir():
+            raise FparError(f"{run / name} is a folder where the run writes a file; move it away and run again")
+    for name in RUN_FOLDERS:
+        if (run / name).exists() and not (run / name).is_dir():
+            raise FparError(
+                f"{run / name} is a file where the run keeps its TensorBoard folder; move it away and run again"
+            )
     last = None
     if resume:
         if not (run / "last.pt").is_file() and (run / "best.pt").is_file():
@@ -599,7 +602,7 @@ def _train_locked(cfg, run: Path, resume, lock: FolderLock, progress: bool, log)
                 f"{run} already holds results of a run ({', '.join(held)}); nothing was changed: set out=NEW_FOLDER"
             )
         if not (run / "config.yaml").is_file():  # a run writes its config.yaml first: these are someone else's
-            foreign = [n for n in RUN_FILES if (run / n).exists()]
+            foreign = [n for n in (*RUN_FILES, *RUN_FOLDERS) if (run / n).exists()]
             if foreign:
                 raise FparError(
                     f"{run} holds {', '.join(foreign)} but no config.yaml of a run: a run there would write over "

@@ -262,19 +262,16 @@ def train(
             "data.frame_cache",
         )
         bad = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in allowed]
+        defaults = _resume_defaults(run / "config.yaml")
         if bad:  # an override that sets the value the run has changes nothing: it may stay
-            saved = to_dict(load_config(run / "config.yaml", _resume_defaults(run / "config.yaml")))
-            bad = [
-                o
-                for o in bad
-                if to_dict(load_config(run / "config.yaml", [*_resume_defaults(run / "config.yaml"), o])) != saved
-            ]
+            saved = to_dict(load_config(run / "config.yaml", defaults))
+            bad = [o for o in bad if to_dict(load_config(run / "config.yaml", [*defaults, o])) != saved]
         if bad:
             raise FparError(
                 f"--resume continues a run exactly as configured; {bad[0]!r} would change it (allowed: "
                 f"{', '.join(allowed)}); start a new run with init.from={run} instead"
             )
-        cfg = load_config(run / "config.yaml", [*_resume_defaults(run / "config.yaml"), *(overrides or [])])
+        cfg = load_config(run / "config.yaml", [*defaults, *(overrides or [])])
     else:
         if config and "=" in config:
             overrides = [config, *(overrides or [])]

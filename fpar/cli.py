@@ -53,6 +53,13 @@ def _root(
     """First-person action recognition: Ego-RNN, two-stream, motion segmentation, rep-flow."""
 
 
+def _png_out(out: str, what: str) -> None:
+    """``--out`` of a command that writes a PNG: a .png path where nothing is yet."""
+    if Path(out).suffix.lower() != ".png":
+        raise FparError(f"--out {out}: {what} is a PNG image; give a path ending in .png")
+    refuse_existing(out, "--out")
+
+
 def _threads() -> None:
     import torch
 
@@ -182,9 +189,7 @@ def data_show(
     manifest = read_dataset(DataConfig(root=root))
     i = find_video(manifest, video)
     out = out or manifest.videos[i].key.replace("/", "_").replace(",", "-") + ".png"
-    if Path(out).suffix.lower() != ".png":
-        raise FparError(f"--out {out}: the picture is a PNG image; give a path ending in .png")
-    refuse_existing(out, "--out")
+    _png_out(out, "the picture")
     p = show_video(
         manifest,
         i,
@@ -433,9 +438,7 @@ def cam(
     from .experiments.cam import cam_figure
 
     out = out or f"cam_{video.strip('/').replace('/', '_').replace(',', '-')}.png"
-    if Path(out).suffix.lower() != ".png":
-        raise FparError(f"--out {out}: the CAM sheet is a PNG image; give a path ending in .png")
-    refuse_existing(out, "--out")
+    _png_out(out, "the CAM sheet")
     other = open_run(compare) if compare else None
     typer.echo(f"wrote {cam_figure(open_run(run), video, out, data_root=data, compare=other)}")
 

@@ -104,6 +104,10 @@ class DataConfig(_Blocks):
     # fpar/engine/feature_cache.py). "": no cache. float16 halves the size and is approximate.
     feature_cache: str = ""
     feature_cache_dtype: Literal["float32", "float16"] = "float32"
+    # K > 0 limits each training video to a fixed pool of K of its 40 crop/flip draws (fpar.data.transforms.
+    # draw_pool), one of them per epoch: a feature cache then fills in about K epochs instead of 40 (faster), but it
+    # is another augmentation than the original's (fewer distinct crops). 0: every draw, as the original.
+    draw_pool: int = 0
     # A decoded-frame cache built by `fpar data cache ROOT --out DIR` (fpar/data/frame_cache.py): RGB frames read
     # memory-mapped instead of decoded; the clips are the same. "": decode the frames.
     frame_cache: str = ""
@@ -616,6 +620,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise FparError(f"data.input_size must be at least 32 (got {cfg.data.input_size}); the paper uses 224")
     if cfg.data.scale_size < cfg.data.input_size:
         raise FparError("data.scale_size must be at least data.input_size")
+    from .data.transforms import DRAWS
+
+    if not 0 <= cfg.data.draw_pool <= DRAWS:
+        raise FparError(
+            f"config key 'data.draw_pool' must be in 0..{DRAWS} (0: all {DRAWS} crop/flip draws), "
+            f"got {cfg.data.draw_pool}"
+        )
     at_least = {
         "train.epochs": (cfg.train.epochs, 1),
         "train.batch_size": (cfg.train.batch_size, 1),

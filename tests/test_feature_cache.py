@@ -163,6 +163,31 @@ def test_a_warm_cache_decodes_no_frames(tiny_root, tmp_path, monkeypatch):
     assert calls == [], f"{len(calls)} clips decoded with a warm cache"
 
 
+def test_a_draw_pool_bounds_the_entries_and_its_warm_run_is_bit_identical(tiny_root, tmp_path):
+    """data.draw_pool=2: at most 2 entries per training video whatever the epochs, every one of them a pooled draw,
+    and the warm run equals the cold one."""
+    from fpar.data.transforms import draw_pool
+
+    cache = tmp_path / "cache"
+    args = (f"data.feature_cache={cache}", "data.draw_pool=2", "train.epochs=5")
+    cold_w, cold_rows = _run(tiny_root, tmp_path / "cold", *args)
+    warm_w, warm_rows = _run(tiny_root, tmp_path / "warm", *args)
+    assert all(torch.equal(cold_w[k], warm_w[k]) for k in cold_w)
+    assert _strip(cold_rows) == _strip(warm_rows) and [r["cache_hit_rate"] for r in warm_rows] == [1.0] * 5
+    (sub,) = [p for p in cache.iterdir() if p.is_dir()]
+    for video in sub.iterdir():
+        draws = sorted(int(e.stem[1:]) - 1 for e in video.glob("d*.npy") if e.name != "d00.npy")  # d00: test
+        assert set(draws) <= set(draw_pool(0, int(video.name[1:]), 2))
+    trained = [v for v in sub.iterdir() if any(e.name != "d00.npy" for e in v.glob("d*.npy"))]
+    assert len(trained) == 18  # every training video, each within its pool of 2
+    assert cold_rows[-1]["cache_hit_rate"] > 0.5  # by epoch 5 most clips repeat a pooled draw
+
+
+def test_bad_draw_pool_is_refused(tiny_root, tmp_path):
+    with pytest.raises(FparError, match=r"data.draw_pool' must be in 0..40"):
+        _cfg(tiny_root, tmp_path / "x", "data.draw_pool=41")
+
+
 def test_stale_temporaries_are_swept_and_fresh_ones_kept(tmp_path):
     import os
     import time

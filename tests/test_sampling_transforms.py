@@ -18,7 +18,10 @@ from fpar.data.transforms import (
     crop_box,
     crop_rgb,
     downsample_mmaps,
+    draw_code,
+    draw_from_code,
     draw_params,
+    draw_pool,
     normalize_rgb,
     transform_flow,
     transform_mmaps,
@@ -213,6 +216,51 @@ def test_dataset_shares_one_draw_per_clip(tiny_root):
         ds.set_epoch(epoch)
         draws.add(draw_params(np.random.default_rng([0, epoch, ds.indices[0], 1]), train=True))
     assert len(draws) > 1
+
+
+def test_draw_codes_name_every_training_draw_once():
+    codes = [draw_code(draw_from_code(c)) for c in range(40)]
+    assert codes == list(range(40))
+    # code = (scale index * 5 + position index) * 2 + flip
+    assert draw_from_code(0) == CropParams(1.0, "c", False, True)
+    assert draw_from_code(13) == CropParams(0.875, "tl", True, True)
+    assert draw_from_code(39) == CropParams(0.65625, "br", True, True)
+    for bad in (-1, 40):
+        with pytest.raises(ValueError, match="0..39"):
+            draw_from_code(bad)
+
+
+def test_draw_pool_limits_each_video_to_k_fixed_draws_and_keeps_its_other_choices(tiny_root):
+    """data.draw_pool=K: over many epochs a training clip shows exactly its video's K pooled draws (fixed for the
+    seed, other videos other pools), its pixels are that draw's crop, and the clip's other random choices (its
+    static frame) are those of the run without a pool. Test clips keep the test transform."""
+    m = discover(tiny_root)
+    videos = list(range(len(m.videos)))
+    pooled = ClipDataset(m, videos, DataConfig(frames=3, input_size=32, scale_size=32, draw_pool=3), train=True)
+    plain = ClipDataset(m, videos, DataConfig(frames=3, input_size=32, scale_size=32), train=True)
+    seen: dict[int, set[int]] = {}
+    for epoch in range(30):
+        pooled.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for i in range(4):
+            a, b = pooled[i], plain[i]
+            seen.setdefault(a["index"], set()).add(a["draw"])
+            assert a["static_idx"] == b["static_idx"]
+    pools = {vid: draw_pool(0, vid, 3) for vid in seen}
+    assert all(len(set(p)) == 3 for p in pools.values())
+    assert {vid: sorted(d) for vid, d in seen.items()} == pools  # every pooled draw shows, and nothing else
+    assert len({tuple(p) for p in pools.values()}) > 1  # each video its own pool
+    assert draw_pool(1, 0, 3) != draw_pool(0, 0, 3) or draw_pool(2, 0, 3) != draw_pool(0, 0, 3)  # and each seed
+    # the pixels are the pooled draw's crop
+    item = pooled[0]
+    v = m.videos[item["index"]]
+    from fpar.data.imageio import read_rgb
+
+    frames = [read_rgb(v.rgb[k]) for k in uniform_indices(v.num_frames, 3)]
+    expected = transform_rgb(frames, draw_from_code(item["draw"]), scale_size=32, input_size=32)
+    torch.testing.assert_close(normalize_rgb(item["rgb"]), expected, rtol=0, atol=0)
+    test = ClipDataset(m, videos, DataConfig(frames=3, input_size=32, scale_size=32, draw_pool=3), train=False)
+    assert test[0]["draw"] == -1
 
 
 def test_downsample_bw_hand_computed():

@@ -19,7 +19,7 @@ from .imageio import read_grey, read_mmap, read_rgb_many
 from .manifest import Manifest
 from .readers import block_of, reader_of
 from .sampling import centred_stack_starts, flow_stack_start, flow_stack_starts, stack_indices, uniform_indices
-from .transforms import crop_rgb, draw_code, draw_params, transform_flow, transform_mmaps
+from .transforms import crop_rgb, draw_code, draw_params, pooled_draw, transform_flow, transform_mmaps
 
 
 class ClipDataset(Dataset):
@@ -91,6 +91,10 @@ class ClipDataset(Dataset):
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, self.epoch, vid, int(self.train)])
         p = draw_params(rng, train=self.train)
+        if self.train and cfg.draw_pool:
+            # one of the video's fixed pool of draws instead; the draw above is made all the same, so that ``rng``
+            # gives this clip's other choices (its flow stack, its static frame) as it does without a pool
+            p = pooled_draw(self.seed, self.epoch, vid, cfg.draw_pool)
         kw = dict(scale_size=cfg.scale_size, input_size=cfg.input_size)
         item: dict = {"label": v.label, "index": vid, "draw": draw_code(p)}
         if self.manifest.vocab.has_verb_noun:

@@ -61,6 +61,32 @@ def draw_code(p: CropParams) -> int:
     return (SCALES.index(p.scale) * len(POSITIONS) + POSITIONS.index(p.position)) * 2 + int(p.flip)
 
 
+def draw_from_code(code: int) -> CropParams:
+    """The training draw that `draw_code` numbers ``code`` (0..DRAWS-1)."""
+    if not 0 <= code < DRAWS:
+        raise ValueError(f"a training draw's code is in 0..{DRAWS - 1}, got {code}")
+    scale, rest = divmod(code, len(POSITIONS) * 2)
+    position, flip = divmod(rest, 2)
+    return CropParams(scale=SCALES[scale], position=POSITIONS[position], flip=bool(flip), train=True)
+
+
+def draw_pool(seed: int, video: int, k: int) -> list[int]:
+    """The codes of the ``k`` draws that ``data.draw_pool=k`` limits video ``video`` (manifest index) to: ``k``
+    distinct draws, fixed for the run's seed and the video over all epochs, chosen uniformly among the DRAWS, sorted.
+    Its own random stream (the seed list has three words; a clip's per-epoch stream, four): the pool leaves every
+    other random choice of a clip (its flow stack, its static frame) as it is without one."""
+    rng = np.random.default_rng([seed, video, DRAWS])
+    return sorted(int(c) for c in rng.choice(DRAWS, size=k, replace=False))
+
+
+def pooled_draw(seed: int, epoch: int, video: int, k: int) -> CropParams:
+    """A training clip's draw under ``data.draw_pool=k``: one of the video's `draw_pool`, uniformly, per epoch (a
+    stream of its own too, so the clip's other random choices stay those of the run without a pool)."""
+    pool = draw_pool(seed, video, k)
+    pick = np.random.default_rng([seed, epoch, video, DRAWS, k]).integers(len(pool))
+    return draw_from_code(pool[int(pick)])
+
+
 def crop_box(w: int, h: int, p: CropParams, *, scale_size: int, input_size: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) in the ORIGINAL image for the crop that the scale+crop chain would take."""
     r = scale_size / min(w, h)  # resize factor of Scale(scale_size)

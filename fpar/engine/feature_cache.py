@@ -7,7 +7,9 @@ trains layer4 too, over a stem and layers 1-3 that never change. A family lists 
 prefix it leaves frozen. A clip's trunk features depend only on the video, its frames (fixed by ``data.frames`` and
 ``data.sampling``) and the clip's crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`)
 and one at test time. So they are computed once per (video, draw) as the draws occur, written to ``DIR``, and read
-back whenever that draw recurs: after a few tens of epochs nearly every clip is a hit.
+back whenever that draw recurs: after a few tens of epochs nearly every clip is a hit. ``data.draw_pool=K``
+limits each video to K of its draws (another augmentation, fewer distinct crops): the cache then fills in about K
+epochs; its entries are the same files, so a pool and no pool share one folder.
 
 Exact: the prefix (`fpar.registry.FeatureCachePlan.prefix`) runs on one clip at a time whether its features are
 then written or read, and the file holds the very float32 values used (``data.feature_cache_dtype=float16``
@@ -120,8 +122,16 @@ class CachedDraws:
 class FeatureCache:
     """The cache of one run (see the module docstring). ``forward`` replaces the family's forward."""
 
-    def __init__(self, root: str | os.PathLike, plan: FeatureCachePlan, fingerprint: str, dtype: str = "float32"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        plan: FeatureCachePlan,
+        fingerprint: str,
+        dtype: str = "float32",
+        draws: int = DRAWS,
+    ):
         self.plan = plan
+        self.draws = draws  # distinct training draws a video can show: DRAWS, or data.draw_pool's K
         self.dir = Path(root) / fingerprint
         self.dtype = np.float16 if dtype == "float16" else np.float32
         self.hits = self.misses = 0
@@ -149,13 +159,14 @@ class FeatureCache:
             why = _unusable(plan, cfg, model, trainable)
             if why is None:
                 fp = _fingerprint(cfg, model, plan, manifest, device.type if device is not None else "cpu")
-                return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype)
+                draws = cfg.data.draw_pool or DRAWS  # entries are keyed by draw: a pool needs no other folder
+                return cls(cfg.data.feature_cache, plan, fp, cfg.data.feature_cache_dtype, draws)
         raise FparError(why)  # the shallowest cut's reason
 
     def expected_bytes(self, clip_shape: tuple[int, ...], train_videos: int, eval_videos: int, epochs: int) -> int:
         """The size when full: every draw of every training video that ``epochs`` can reach, one per test video."""
         per_clip = int(np.prod(clip_shape)) * np.dtype(self.dtype).itemsize
-        return per_clip * (train_videos * min(DRAWS, epochs) + eval_videos)
+        return per_clip * (train_videos * min(self.draws, epochs) + eval_videos)
 
     def describe(self, model, train_ds, eval_videos: int, epochs: int, device: torch.device) -> str:
         """The log line before training: where the cache is and the size it can reach. The shape of one clip's
@@ -180,7 +191,7 @@ class FeatureCache:
         return (
             f"feature cache {self.dir} (the frozen prefix up to {self.plan.name}): up to {size:.2f} GiB "
             f"({len(train_ds)} training videos x up to "
-            f"{min(DRAWS, epochs)} draws, {eval_videos} test videos; {shape} per clip)"
+            f"{min(self.draws, epochs)} draws, {eval_videos} test videos; {shape} per clip)"
         )
 
     def _path(self, video: int, draw: int) -> Path:

@@ -190,7 +190,10 @@ class ConvLSTMCell(nn.Module):
         7x7), and holds the B·T gate maps in memory. The backward is autograd's: a hand-written backward through
         time that computed each weight's gradient once over all B·T frames (one weight-gradient convolution per
         side instead of one per gate and step; a 2-core EPYC's oneDNN ran those at 134 GFLOP/s against 109 for
-        the per-step ones) was 0.88x this cell's forward + backward at B 8, T 16 (tried, not kept)."""
+        the per-step ones) was 0.88x this cell's forward + backward at B 8, T 16 (tried, not kept). Winograd
+        F(4x4, 3x3) as 36 batched matmuls (a third of the multiplications at 7x7) was no better either: 0.25x the
+        direct convolution's forward + backward at 8 frames (the recurrent step's batch), 1.3-1.5x only at 128-512
+        frames, where its transforms' memory traffic ate the rest, and 28x the float error (tried, not kept)."""
         # The original cell falls back to random-normal states when none is given; its model always passes zeros,
         # so zeros is the faithful default here.
         if x.dim() == 4:

@@ -588,6 +588,9 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     return [path]
 
 
+# The distinct crop/flip draws of a training clip: fpar.data.transforms.DRAWS (5 scales x 4 corners x 2 flips). Kept
+# here as a number because config sits below data in the layers; tests/test_config.py checks that the two agree.
+TRAIN_DRAWS = 40
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what a run's, grid's or stage's name (a folder name) may hold
 
 _CHOICES = {
@@ -620,11 +623,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise FparError(f"data.input_size must be at least 32 (got {cfg.data.input_size}); the paper uses 224")
     if cfg.data.scale_size < cfg.data.input_size:
         raise FparError("data.scale_size must be at least data.input_size")
-    from .data.transforms import DRAWS
-
-    if not 0 <= cfg.data.draw_pool <= DRAWS:
+    if not 0 <= cfg.data.draw_pool <= TRAIN_DRAWS:
         raise FparError(
-            f"config key 'data.draw_pool' must be in 0..{DRAWS} (0: all {DRAWS} crop/flip draws), "
+            f"config key 'data.draw_pool' must be in 0..{TRAIN_DRAWS} (0: all {TRAIN_DRAWS} crop/flip draws), "
             f"got {cfg.data.draw_pool}"
         )
     at_least = {

@@ -61,6 +61,15 @@ def test_bad_values_are_one_line_errors():
         parse_override("optim.lr")
 
 
+def test_the_config_bounds_draw_pool_by_the_transforms_draw_count():
+    """config.py cannot import the data layer, so it keeps the count of training draws as a number: it must be
+    the transforms' own, or data.draw_pool's range would be wrong."""
+    from fpar.config import TRAIN_DRAWS
+    from fpar.data.transforms import DRAWS
+
+    assert TRAIN_DRAWS == DRAWS == 40
+
+
 def test_yaml_extends_and_roundtrip(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("name: a\noptim: {lr: 0.01}\ntrain: {epochs: 5, batch_size: 2}\n")

@@ -275,6 +275,20 @@ def probe_video(path: str | os.PathLike) -> tuple[int, float]:
     return n, fps
 
 
+def rgb_converter():
+    """A function ``frame -> (H, W, 3) uint8 RGB`` for PyAV video frames, with a swscale context of its own: make
+    one per opened video.
+
+    Why not ``frame.to_ndarray(format="rgb24")``: PyAV keeps one reformatter per thread at module level, so a process
+    forked after it was used (DataLoader workers, the test suite's forked `fpar` children) inherits a context whose
+    slice threads did not survive the fork, and the child's first conversion that re-sets it up (another frame size)
+    waits forever for them. A reformatter made here belongs to the process that decodes with it."""
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    return lambda frame: reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def read_video_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray]:
     """Frames ``indices`` (0-based, decoding order) of one video as (H, W, 3) uint8 RGB, in one decoding pass that
     stops after the last one wanted. An index past the decoded end (a container that overstated its length) gets the
@@ -287,6 +301,7 @@ def read_video_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray
         return out
     want = set(wanted)
     last_frame = None
+    to_rgb = rgb_converter()
     try:
         with av.open(path) as c:
             s = c.streams.video[0]
@@ -294,13 +309,13 @@ def read_video_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray
             for k, frame in enumerate(c.decode(s)):
                 last_frame = frame
                 if k in want:
-                    out[k] = frame.to_ndarray(format="rgb24")
+                    out[k] = to_rgb(frame)
                 if k >= wanted[-1]:
                     break
             fill = None
             for i in wanted:
                 if i not in out and last_frame is not None:
-                    fill = last_frame.to_ndarray(format="rgb24") if fill is None else fill
+                    fill = to_rgb(last_frame) if fill is None else fill
                     out[i] = fill
     except Exception as e:
         raise FparError(f"video {path} cannot be decoded ({type(e).__name__}: {e}); replace the file") from None

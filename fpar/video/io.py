@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fpar.data.frames import rgb_converter
 from fpar.errors import FparError
 
 __all__ = [
@@ -183,8 +184,10 @@ def _decode(container, stream, path, fps, short_side, start, end, max_frames) ->
                 return
             yield t, frame
 
+    convert = rgb_converter()  # not frame.to_ndarray: fork-safe (fpar.data.frames.rgb_converter)
+
     def to_rgb(frame) -> np.ndarray:
-        return resize_short_side(frame.to_ndarray(format="rgb24"), short_side)
+        return resize_short_side(convert(frame), short_side)
 
     emitted = 0
     if fps is None:

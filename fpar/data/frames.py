@@ -275,18 +275,19 @@ def probe_video(path: str | os.PathLike) -> tuple[int, float]:
     return n, fps
 
 
-def rgb_converter():
+def rgb_converter(threads: int | None = None):
     """A function ``frame -> (H, W, 3) uint8 RGB`` for PyAV video frames, with a swscale context of its own: make
     one per opened video.
 
     Why not ``frame.to_ndarray(format="rgb24")``: PyAV keeps one reformatter per thread at module level, so a process
     forked after it was used (DataLoader workers, the test suite's forked `fpar` children) inherits a context whose
     slice threads did not survive the fork, and the child's first conversion that re-sets it up (another frame size)
-    waits forever for them. A reformatter made here belongs to the process that decodes with it."""
+    waits forever for them. A reformatter made here belongs to the process that decodes with it. ``threads``: swscale's
+    slice threads (None: FFmpeg's choice; 1 where the caller is already one of many workers)."""
     from av.video.reformatter import VideoReformatter
 
     reformatter = VideoReformatter()
-    return lambda frame: reformatter.reformat(frame, format="rgb24").to_ndarray()
+    return lambda frame: reformatter.reformat(frame, format="rgb24", threads=threads).to_ndarray()
 
 
 def read_video_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray]:
@@ -301,7 +302,7 @@ def read_video_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray
         return out
     want = set(wanted)
     last_frame = None
-    to_rgb = rgb_converter()
+    to_rgb = rgb_converter(threads=1)  # DataLoader workers are the parallelism
     try:
         with av.open(path) as c:
             s = c.streams.video[0]

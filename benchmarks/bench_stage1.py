@@ -22,7 +22,8 @@ Four ways to train the same stage 1 (ResNet-34 trunk frozen, ConvLSTM 512 + clas
 * ``cache_warm``: the trainer with that cache already full;
 * ``pool_cold`` (with ``--pool K``): the trainer with an empty cache and ``data.draw_pool=K``, each video limited
   to a fixed pool of K of its 40 draws. Another augmentation than the other four ways' (fewer distinct crops), so
-  a figure of its own, not one of the issue's targets: the cache fills in about K epochs instead of 40.
+  a figure of its own, not one of the issue's targets: each block of K epochs shows each pooled draw once, so the
+  cache is full after K epochs.
 
 Figures are training images per second (clips x frames x epochs / wall time of the whole schedule, evaluation
 included). The baseline runs with denormal floats flushed to zero, as fpar trains (``train.flush_denormal``), so
@@ -30,7 +31,7 @@ that the ratios show the structural levers; ``--baseline-ieee`` runs it with the
 instead, as the 2018 code ran. The projection for the paper's 200-epoch stage 1 uses the measured per-clip cost of
 a hit and of a miss and the expected number of distinct draws of a video in 200 epochs (40 draws:
 40 (1 - (39/40)^200) misses; 150 epochs with ``--stage 2``, the paper's stage 2); with ``--pool K`` also for a
-pool of K draws (K (1 - (1 - 1/K)^200) misses).
+pool of K draws (exactly K misses: the pool is cycled through, `fpar.data.transforms.pooled_draw`).
 """
 
 from __future__ import annotations
@@ -203,8 +204,10 @@ def main() -> None:
         per_clip_miss = med["fpar"] / (len(train_ds) * a.epochs)
         proj_base = n_ep * per_clip_base
 
-        def projection(draws: int) -> dict:
-            misses = draws * (1 - (1 - 1 / draws) ** n_ep)  # expected distinct draws of a video in n_ep epochs
+        def projection(draws: int, cycled: bool = False) -> dict:
+            # distinct draws of a video in n_ep epochs: expected ones for draws picked uniformly each epoch; a pool
+            # is cycled through (each block of K epochs shows each pooled draw once), so exactly min(K, n_ep)
+            misses = min(draws, n_ep) if cycled else draws * (1 - (1 - 1 / draws) ** n_ep)
             proj_cache = misses * per_clip_miss + (n_ep - misses) * per_clip_warm
             return {
                 "expected_misses_per_video": round(misses, 2),
@@ -232,7 +235,7 @@ def main() -> None:
         if a.pool:
             result["pool"] = a.pool
             result["pool_cold_hit_rates"] = pool_hits
-            result[f"projection_{n_ep}_epochs_pool"] = projection(a.pool)
+            result[f"projection_{n_ep}_epochs_pool"] = projection(a.pool, cycled=True)
         emit_json(result, a.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -105,8 +105,9 @@ class DataConfig(_Blocks):
     feature_cache: str = ""
     feature_cache_dtype: Literal["float32", "float16"] = "float32"
     # K > 0 limits each training video to a fixed pool of K of its 40 crop/flip draws (fpar.data.transforms.
-    # draw_pool), one of them per epoch: a feature cache then fills in about K epochs instead of 40 (faster), but it
-    # is another augmentation than the original's (fewer distinct crops). 0: every draw, as the original.
+    # draw_pool), each shown once per block of K epochs: a feature cache is then full after K epochs (faster), but it
+    # is another augmentation than the original's (fewer distinct crops). 0: every draw, as the original. Clip
+    # training only: backbone pretraining (fpar/engine/pretrain.py) keeps every draw.
     draw_pool: int = 0
     # A decoded-frame cache built by `fpar data cache ROOT --out DIR` (fpar/data/frame_cache.py): RGB frames read
     # memory-mapped instead of decoded; the clips are the same. "": decode the frames.
@@ -588,7 +589,7 @@ def _extends_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     return [path]
 
 
-# The distinct crop/flip draws of a training clip: fpar.data.transforms.DRAWS (5 scales x 4 corners x 2 flips). Kept
+# The distinct crop/flip draws of a training clip: fpar.data.transforms.DRAWS (4 scales x 5 positions x 2 flips). Kept
 # here as a number because config sits below data in the layers; tests/test_config.py checks that the two agree.
 TRAIN_DRAWS = 40
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # what a run's, grid's or stage's name (a folder name) may hold

@@ -70,21 +70,28 @@ def draw_from_code(code: int) -> CropParams:
     return CropParams(scale=SCALES[scale], position=POSITIONS[position], flip=bool(flip), train=True)
 
 
+# The last word of the pool's random streams. numpy pads a short seed list with zeros, so without it the pool's
+# [seed, video, 40] would be the same stream as a clip's [seed, epoch=video, video=40, train=0] (`ClipDataset`).
+_POOL_STREAM = 0x706F6F6C  # "pool"
+
+
 def draw_pool(seed: int, video: int, k: int) -> list[int]:
     """The codes of the ``k`` draws that ``data.draw_pool=k`` limits video ``video`` (manifest index) to: ``k``
     distinct draws, fixed for the run's seed and the video over all epochs, chosen uniformly among the DRAWS, sorted.
-    Its own random stream (the seed list has three words; a clip's per-epoch stream, four): the pool leaves every
-    other random choice of a clip (its flow stack, its static frame) as it is without one."""
-    rng = np.random.default_rng([seed, video, DRAWS])
+    A random stream of its own (`_POOL_STREAM`): the pool leaves every other random choice of a clip (its flow stack,
+    its static frame) as it is without one."""
+    rng = np.random.default_rng([seed, video, DRAWS, k, _POOL_STREAM])
     return sorted(int(c) for c in rng.choice(DRAWS, size=k, replace=False))
 
 
 def pooled_draw(seed: int, epoch: int, video: int, k: int) -> CropParams:
-    """A training clip's draw under ``data.draw_pool=k``: one of the video's `draw_pool`, uniformly, per epoch (a
-    stream of its own too, so the clip's other random choices stay those of the run without a pool)."""
+    """A training clip's draw under ``data.draw_pool=k`` at ``epoch`` (0-based): each block of ``k`` epochs shows each
+    of the video's `draw_pool` once, in an order drawn per block and video. So every pooled draw has occurred after
+    the first ``k`` epochs (a feature cache is then full), and each is seen equally often."""
     pool = draw_pool(seed, video, k)
-    pick = np.random.default_rng([seed, epoch, video, DRAWS, k]).integers(len(pool))
-    return draw_from_code(pool[int(pick)])
+    block, step = divmod(epoch, k)
+    order = np.random.default_rng([seed, block, video, DRAWS, k, _POOL_STREAM]).permutation(k)
+    return draw_from_code(pool[int(order[step])])
 
 
 def crop_box(w: int, h: int, p: CropParams, *, scale_size: int, input_size: int) -> tuple[int, int, int, int]:

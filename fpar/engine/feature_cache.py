@@ -8,8 +8,8 @@ prefix it leaves frozen. A clip's trunk features depend only on the video, its f
 ``data.sampling``) and the clip's crop/flip draw, of which there are 40 in training (`fpar.data.transforms.DRAWS`)
 and one at test time. So they are computed once per (video, draw) as the draws occur, written to ``DIR``, and read
 back whenever that draw recurs: after a few tens of epochs nearly every clip is a hit. ``data.draw_pool=K``
-limits each video to K of its draws (another augmentation, fewer distinct crops): the cache then fills in about K
-epochs; its entries are the same files, so a pool and no pool share one folder.
+limits each video to K of its draws, each shown once per block of K epochs (another augmentation, fewer distinct
+crops): the cache is then full after K epochs; its entries are the same files, so a pool and no pool share one folder.
 
 Exact: the prefix (`fpar.registry.FeatureCachePlan.prefix`) runs on one clip at a time whether its features are
 then written or read, and the file holds the very float32 values used (``data.feature_cache_dtype=float16``

@@ -70,8 +70,9 @@ def draw_from_code(code: int) -> CropParams:
     return CropParams(scale=SCALES[scale], position=POSITIONS[position], flip=bool(flip), train=True)
 
 
-# The last word of the pool's random streams. numpy pads a short seed list with zeros, so without it the pool's
-# [seed, video, 40] would be the same stream as a clip's [seed, epoch=video, video=40, train=0] (`ClipDataset`).
+# The last word of the pool's random streams, so that they are no other stream of a run: without it the pool's
+# [seed, video, 40, k] would be, for k=1, a training clip's [seed, epoch=video, video=40, train=1] (`ClipDataset`),
+# and numpy pads shorter seed lists with zeros, so lists of different lengths can meet too.
 _POOL_STREAM = 0x706F6F6C  # "pool"
 
 

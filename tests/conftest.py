@@ -63,10 +63,11 @@ def tiny_overrides(tiny_root) -> list[str]:
 class Forked:
     """``fpar ARGS`` in a forked copy of this process: a process of its own (a SIGKILL kills only it, a lock is held
     by another pid) without the seconds an interpreter takes to start and import torch. ``env`` is set in the child
-    only. `wait` gives (exit code, or -signal when it was killed; its stderr); then ``rusage`` is the child's own
+    only; ``target``, a function returning the exit code, runs instead of the CLI (``args`` then only name it in a
+    timeout). `wait` gives (exit code, or -signal when it was killed; its stderr); then ``rusage`` is the child's own
     resource usage (``ru_maxrss``: its peak resident memory, KiB)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, *, target=None):
         import tempfile
 
         self.args = args
@@ -85,7 +86,7 @@ class Forked:
                 utils._FAULT_HITS.clear()
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115
                 sys.stderr = self.err
-                code = main(args)
+                code = target() if target is not None else main(args)
             finally:
                 self.err.flush()
                 os._exit(code)

@@ -154,32 +154,22 @@ def test_a_forked_process_decodes_after_its_parent_did(synth_video, tmp_path):
     """PyAV keeps one swscale context per thread at module level: a child forked after the parent converted a frame
     (DataLoader workers fork) hung forever on its first frame of another size, waiting for slice threads that did not
     survive the fork. fpar's readers convert with a context of their own, so the child decodes and exits."""
-    import signal
-    import time
-
     from fpar.data.frames import read_video_frames
+    from tests.conftest import Forked
 
     path, frames, _ = synth_video
     big = write_video(tmp_path / "big.mp4", [np.kron(f, np.ones((4, 4, 1), np.uint8)) for f in frames[:2]])
     with av.open(str(path)) as c:  # the parent converts the PyAV way: its thread's context now has slice threads
         next(c.decode(video=0)).to_ndarray(format="rgb24")
     assert len(read_video(path)) == 8
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 70
-        try:
-            got = read_video(big), read_video_frames(str(big), [0, 1])
-            code = 0 if len(got[0]) == 2 and got[1][1].shape == (4 * H, 4 * W, 3) else 3
-        finally:
-            os._exit(code)
-    deadline = time.time() + 30  # the child needs about a second
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.time() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung decoding a video (a swscale context inherited over fork)")
-    assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+
+    def decode() -> int:
+        got = read_video(big), read_video_frames(str(big), [0, 1])
+        return 0 if len(got[0]) == 2 and got[1][1].shape == (4 * H, 4 * W, 3) else 3
+
+    # the child needs about a second; a hang is a TimeoutError
+    code, err = Forked(["decode", big.name], target=decode).wait(timeout=30)
+    assert code == 0, err
 
 
 def test_read_video_errors(tmp_path):
